@@ -1,0 +1,43 @@
+# gsv_accel: the two commands a new machine needs are `make demo` and `make test`;
+# both create the virtual environment first if it is missing or out of date.
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch is pinned where no NVIDIA GPU is present; GPU users install their own
+# torch build first (`make install` then keeps it).
+TORCH_CPU_PIN ?= torch==2.13.0
+EXTRAS ?= dev,tensorboard,text
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "torch already installed: $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: install your CUDA build of torch into $(VENV) first, then re-run make install"; \
+		exit 1; \
+	else \
+		$(PYTHON) -m pip install --quiet "$(TORCH_CPU_PIN)"; \
+	fi
+	$(PYTHON) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest
+
+demo: $(STAMP)
+	@echo "make demo: not yet available (the S2 recipe lands with issue 4)"
+
+bench: $(STAMP)
+	@echo "make bench: no benchmarks yet (they land with the data pipeline and recipes)"
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check gsv_accel recipes tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

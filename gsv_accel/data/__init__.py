@@ -1,0 +1,1 @@
+"""Datasets: preparation into Arrow (`datasets`), import from GPT-SoVITS folders, bucketed loading."""

@@ -1,0 +1,145 @@
+"""Checkpoint manager: complete saves with manifests, retention, verification and fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from gsv_accel.checkpoint import (
+    MANIFEST_NAME,
+    CheckpointError,
+    CheckpointManager,
+    checkpoint_name,
+    sha256_of,
+    verify_checkpoint,
+)
+
+
+class Counter:
+    """A custom object registered for checkpointing, as the recipes register their progress."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+@pytest.fixture
+def accel_parts():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    counter = Counter()
+    accelerator.register_for_checkpointing(counter)
+    yield accelerator, model, optimizer, counter
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _train_step(model, optimizer):
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_save_writes_manifest_last_with_hashes_and_restores_exactly(tmp_path, accel_parts):
+    accelerator, model, optimizer, counter = accel_parts
+    manager = CheckpointManager(tmp_path)
+    _train_step(model, optimizer)
+    counter.value = 7
+    folder = manager.save(accelerator, step=10, epoch=1, metrics={"val/mel_loss": 0.5},
+                          config_fingerprint="abc", extra={"wandb_run_id": "r1"})
+    assert folder.name == checkpoint_name(10)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["step"] == 10 and manifest["epoch"] == 1 and manifest["world_size"] == 1
+    assert manifest["metrics"] == {"val/mel_loss": 0.5} and manifest["extra"]["wandb_run_id"] == "r1"
+    assert "model.safetensors" in manifest["files"] and "optimizer.bin" in manifest["files"]
+    for rel, entry in manifest["files"].items():
+        assert sha256_of(folder / rel) == entry["sha256"]
+    assert {"torch", "accelerate", "gsv_accel", "python"} <= set(manifest["versions"])
+    saved_weight = model.weight.detach().clone()
+
+    _train_step(model, optimizer)
+    counter.value = 99
+    assert not torch.equal(model.weight, saved_weight)
+    accelerator.load_state(str(folder))
+    assert torch.equal(model.weight, saved_weight)
+    assert counter.value == 7
+
+
+def test_keeps_last_k_and_best_separately(tmp_path, accel_parts):
+    accelerator, model, optimizer, _ = accel_parts
+    manager = CheckpointManager(tmp_path, keep_last=2, keep_best=1)
+    losses = {10: 0.9, 20: 0.3, 30: 0.6, 40: 0.7, 50: 0.8}
+    for step, loss in losses.items():
+        _train_step(model, optimizer)
+        manager.save(accelerator, step=step, epoch=step // 10, metrics={"val/mel_loss": loss})
+    assert [c.step for c in manager.complete()] == [50, 40, 20]
+    assert manager.best().step == 20
+    assert not any(p.name.startswith(".") for p in manager.root.iterdir())
+
+
+def test_corrupt_or_incomplete_newest_falls_back_to_previous(tmp_path, accel_parts, caplog):
+    accelerator, model, optimizer, _ = accel_parts
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    for step in (1, 2, 3, 4):
+        _train_step(model, optimizer)
+        manager.save(accelerator, step=step, epoch=0)
+    # step 4: one flipped byte in the weights; step 3: truncated optimizer; step 2: no manifest.
+    weights = manager.root / checkpoint_name(4) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    optimizer_file = manager.root / checkpoint_name(3) / "optimizer.bin"
+    optimizer_file.write_bytes(optimizer_file.read_bytes()[:10])
+    (manager.root / checkpoint_name(2) / MANIFEST_NAME).unlink()
+    # A crashed save leaves a staging folder, which is never a candidate.
+    (manager.root / ".incomplete-step_00000005").mkdir()
+
+    with caplog.at_level(logging.WARNING, logger="gsv_accel.checkpoint"):
+        latest = manager.latest_valid()
+    assert latest is not None and latest.step == 1
+    messages = caplog.text
+    assert "model.safetensors does not match its sha256" in messages
+    assert "optimizer.bin has 10 bytes" in messages
+    assert "no manifest.json" in messages
+
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        verify_checkpoint(manager.root / checkpoint_name(4))
+    (manager.root / checkpoint_name(1) / "optimizer.bin").unlink()
+    with pytest.raises(CheckpointError, match="optimizer.bin listed in the manifest is missing"):
+        verify_checkpoint(manager.root / checkpoint_name(1))
+    assert manager.latest_valid() is None
+
+
+def test_clean_stale_removes_leftovers_only(tmp_path, accel_parts):
+    accelerator, model, optimizer, _ = accel_parts
+    manager = CheckpointManager(tmp_path)
+    manager.save(accelerator, step=1, epoch=0)
+    (manager.root / ".incomplete-step_00000002").mkdir()
+    (manager.root / ".deleting-step_00000000").mkdir()
+    manager.clean_stale()
+    assert sorted(p.name for p in manager.root.iterdir()) == [checkpoint_name(1)]
+
+
+def test_saving_the_same_step_twice_replaces_it_completely(tmp_path, accel_parts):
+    accelerator, model, optimizer, _ = accel_parts
+    manager = CheckpointManager(tmp_path)
+    manager.save(accelerator, step=5, epoch=0, metrics={"val/mel_loss": 1.0})
+    manager.save(accelerator, step=5, epoch=1, metrics={"val/mel_loss": 0.5})
+    [only] = manager.complete()
+    assert only.epoch == 1 and only.metrics["val/mel_loss"] == 0.5

@@ -1,0 +1,136 @@
+"""The `gsv-accel` command line.
+
+Subcommands register themselves through `SUBCOMMANDS`: each entry is a function that receives the
+argparse sub-parser collection, adds one parser and sets its `run` default to a function taking the
+parsed arguments and returning an exit code. To add a subcommand (e.g. `prepare`, `import-gsv`),
+write such a function and append it to `SUBCOMMANDS`.
+
+Errors meant for the user (`GSVFormatError` and its subclasses, missing files) are printed as one
+message on stderr, without a traceback, and give exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gsv_accel import __version__
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# inspect
+# ----------------------------------------------------------------------------------------------
+
+
+def _human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def format_inspect(summary: dict[str, Any]) -> str:
+    """Human-readable text for a summary from `gsv_accel.formats.summarize`."""
+    lines = [f"file:        {summary['path']}"]
+    lines.append(f"kind:        {summary['kind']}: {summary['kind_description']}")
+    lines.append(f"model:       {summary['model']}")
+    version = summary["version"] or "unknown"
+    if not summary["supported"]:
+        version += " (not supported by gsv_accel yet: it trains v1 and v2 models)"
+    lines.append(f"version:     {version}")
+    if summary["version_reason"]:
+        lines.append(f"             ({summary['version_reason']})")
+    lines.append(f"header:      {summary['header'] if summary['header'] else 'none (plain zip)'}")
+    for key in ("info", "epoch", "iteration", "step", "learning_rate", "lora_rank"):
+        if summary.get(key) is not None:
+            lines.append(f"{key + ':':<13}{summary[key]}")
+    if summary["has_optimizer_state"]:
+        lines.append("optimizer:   state included")
+    total = summary["num_parameters"]
+    lines.append(f"parameters:  {total} ({_human_count(total)}) in {summary['num_tensors']} tensors")
+    width = max((len(name) for name in summary["parameters_by_module"]), default=0)
+    for name, count in summary["parameters_by_module"].items():
+        lines.append(f"  {name:<{width}}  {count:>12}  ({_human_count(count)})")
+    dtypes = ", ".join(f"{name} ({count})" for name, count in summary["dtypes"].items())
+    lines.append(f"dtype:       {dtypes or 'none'}")
+    if summary["config"]:
+        lines.append("config:")
+        for key, value in summary["config"].items():
+            lines.append(f"  {key} = {value}")
+    if summary["extra_keys"]:
+        lines.append(f"other keys:  {', '.join(summary['extra_keys'])}")
+    for note in summary["notes"]:
+        lines.append(f"note:        {note}")
+    return "\n".join(lines)
+
+
+def inspect_path(path: str) -> dict[str, Any]:
+    """Analysis behind `gsv-accel inspect`: a plain-data summary (no printing).
+
+    Only weight files for now; gsv_accel checkpoint folders (with their manifest) will be added here.
+    """
+    from gsv_accel.formats import summarize
+
+    return summarize(path)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    summary = inspect_path(args.path)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_inspect(summary))
+    return EXIT_OK
+
+
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="describe a GPT-SoVITS weight file (read safely: nothing pickled is executed)",
+        description="Show the kind, detected version, parameter counts, dtype, training progress and "
+                    "config of a GPT-SoVITS .pth/.ckpt file.",
+    )
+    parser.add_argument("path", help="a .pth or .ckpt file")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(run=_run_inspect)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_inspect]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gsv-accel", description="GPT-SoVITS training on Accelerate")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from gsv_accel.formats import GSVFormatError
+
+    try:
+        return int(args.run(args))
+    except GSVFormatError as err:
+        print(f"gsv-accel {args.command}: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"gsv-accel {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

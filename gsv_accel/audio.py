@@ -49,7 +49,7 @@ class SpectrogramConfig:
         return self.filter_length // 2 + 1
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SpectrogramConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SpectrogramConfig:
         fields = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in fields})
 

@@ -65,7 +65,8 @@ class SoVITSConfig:
                 f"model.version={self.version!r} is unknown; expected one of {list(SUPPORTED_VERSIONS)}"
             )
         if self.semantic_frame_rate not in ("25hz", "50hz"):
-            raise ValueError(f"model.semantic_frame_rate must be '25hz' or '50hz', got {self.semantic_frame_rate!r}")
+            raise ValueError(
+                f"model.semantic_frame_rate must be '25hz' or '50hz', got {self.semantic_frame_rate!r}")
 
     @property
     def n_symbols(self) -> int:
@@ -81,7 +82,7 @@ class SoVITSConfig:
 
     @classmethod
     def from_dict(cls, model: dict[str, Any], data: dict[str, Any] | None = None,
-                  train: dict[str, Any] | None = None) -> "SoVITSConfig":
+                  train: dict[str, Any] | None = None) -> SoVITSConfig:
         """Build from official-style `model` (and optionally `data`/`train`) sections.
 
         Keys this class does not know are ignored only if they are known official keys that do not

@@ -30,7 +30,8 @@ Differences from the official frontend:
   different reading for some polyphonic characters (e.g. 行, 还, 长 in rare contexts);
 * the neutral-tone word list and the "real 儿" list are subsets of the official ones;
 * jieba instead of jieba_fast (same dictionary, same algorithm);
-* Latin letters: see ``english_in_zh`` in :func:`text_normalize`.
+* Latin letters: see ``english_in_zh`` in :func:`text_normalize`. (Mixed lines are split into
+  Chinese and English runs before this module, by ``clean_text_segments``; see ``mixed``.)
 """
 
 from __future__ import annotations

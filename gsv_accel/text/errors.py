@@ -47,7 +47,7 @@ class MixedLanguageError(TextFrontendError):
         super().__init__(
             "Chinese (zh) text contains Latin-script word(s) "
             + ", ".join(repr(w) for w in self.words)
-            + f" in {text!r}. The Chinese frontend has no pronunciation for them; the official "
-            "GPT-SoVITS training pipeline silently deletes them (pass english_in_zh='drop' to do the "
-            "same), or split the line and mark the English part with language 'en'."
+            + f" in {text!r}. Pass english_in_zh='phonemize' to read them with the English "
+            "frontend (the default), or english_in_zh='drop' to delete them as the official "
+            "GPT-SoVITS training pipeline does."
         )

@@ -190,7 +190,7 @@ def test_chinese_cardinals(digits, words):
 
 def test_english_in_chinese_line():
     with pytest.raises(MixedLanguageError, match="'iPhone'"):
-        clean_text("我用iPhone打电话", "zh")
+        clean_text("我用iPhone打电话", "zh", english_in_zh="error")
     phones, word2ph, norm = clean_text("我用iPhone打电话", "zh", english_in_zh="drop")
     assert norm == "我用打电话"
     assert phones == "w o3 y ong4 d a3 d ian4 h ua4".split()

@@ -101,11 +101,33 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_inspect)
 
 
+def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
+    from gsv_accel.data.prepare import add_prepare_arguments, run_prepare
+
+    parser = subparsers.add_parser(
+        "prepare", help="turn a GPT-SoVITS .list and its audio into a training dataset",
+        description="Read wav_path|speaker|lang|text lines, compute text, audio and HuBERT (and "
+                    "optionally semantic and BERT) features, and save a train/validation DatasetDict. "
+                    "Broken entries are skipped and listed in rejected.tsv.")
+    add_prepare_arguments(parser).set_defaults(run=run_prepare)
+
+
+def _add_import_gsv(subparsers: argparse._SubParsersAction) -> None:
+    from gsv_accel.data.import_gsv import add_import_arguments, run_import
+
+    parser = subparsers.add_parser(
+        "import-gsv", help="convert a folder GPT-SoVITS already prepared (logs/<exp>) into a dataset",
+        description="Read 2-name2text.txt, 3-bert/, 4-cnhubert/, 5-wav32k/ and 6-name2semantic.tsv "
+                    "of an official experiment folder into the same dataset layout as `prepare`.")
+    add_import_arguments(parser).set_defaults(run=run_import)
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_inspect]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_inspect, _add_prepare,
+                                                                    _add_import_gsv]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,7 +105,8 @@ class CheckpointInfo:
 
 
 def build_manifest(folder: Path, *, step: int, epoch: int, metrics: dict[str, float],
-                   config_fingerprint: str, world_size: int, extra: dict[str, Any]) -> dict[str, Any]:
+                   config_fingerprint: str, world_size: int, extra: dict[str, Any],
+                   config: dict[str, Any] | None = None) -> dict[str, Any]:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
         files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
@@ -115,6 +116,8 @@ def build_manifest(folder: Path, *, step: int, epoch: int, metrics: dict[str, fl
         "epoch": epoch,
         "metrics": metrics,
         "config_fingerprint": config_fingerprint,
+        # The resolved run config: a resume compares against it (model shape must not change).
+        "config": config or {},
         "world_size": world_size,
         "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -183,7 +186,8 @@ class CheckpointManager:
 
     # ---- saving -------------------------------------------------------------------------------
     def save(self, accelerator, *, step: int, epoch: int, metrics: dict[str, float] | None = None,
-             config_fingerprint: str = "", extra: dict[str, Any] | None = None) -> Path:
+             config_fingerprint: str = "", config: dict[str, Any] | None = None,
+             extra: dict[str, Any] | None = None) -> Path:
         """Write a complete checkpoint of everything registered with `accelerator`. Call on ALL
         processes. Returns the final folder."""
         final = self.root / checkpoint_name(step)
@@ -198,7 +202,8 @@ class CheckpointManager:
         if accelerator.is_main_process:
             manifest = build_manifest(staging, step=step, epoch=epoch, metrics=dict(metrics or {}),
                                       config_fingerprint=config_fingerprint,
-                                      world_size=accelerator.num_processes, extra=dict(extra or {}))
+                                      world_size=accelerator.num_processes, extra=dict(extra or {}),
+                                      config=config)
             write_json_atomic(staging / MANIFEST_NAME, manifest)
             if final.exists():
                 # Same step saved twice (e.g. an end-of-epoch save followed by the final save):

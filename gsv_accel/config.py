@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,3 +92,62 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
         elif a != b:
             keys.append(dotted)
     return keys
+
+
+# ---------------------------------------------------------------------------- sections shared by recipes
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives and how it is seeded."""
+
+    output_dir: str = "runs/s2_demo"
+    exp_name: str = "demo"
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if not self.exp_name or "/" in self.exp_name or "\\" in self.exp_name:
+            raise ValueError(f"run.exp_name must be a plain file-name part, got {self.exp_name!r}")
+
+
+@dataclass
+class ValidationConfig:
+    """When to validate: every N optimizer steps and/or at the end of every N epochs (None = never
+    by that criterion). `max_items` caps the validation utterances used (None = all)."""
+
+    every_n_steps: int | None = None
+    every_n_epochs: int | None = 1
+    max_items: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive_or_none("validation.every_n_steps", self.every_n_steps)
+        _positive_or_none("validation.every_n_epochs", self.every_n_epochs)
+        _positive_or_none("validation.max_items", self.max_items)
+
+
+@dataclass
+class CheckpointConfig:
+    """When to save and what to keep. A final checkpoint is ALWAYS written at the end of training,
+    on early stop and on SIGTERM/SIGINT, whatever the intervals."""
+
+    every_n_steps: int | None = None
+    every_n_epochs: int | None = 1
+    keep_last: int = 3
+    keep_best: int = 1
+    # Save a checkpoint whenever validation improves, so the best weights survive a crash.
+    save_on_best: bool = True
+    # Also write a GPT-SoVITS inference export at every save (always done at the end).
+    export_every_save: bool = False
+
+    def __post_init__(self) -> None:
+        _positive_or_none("checkpoint.every_n_steps", self.every_n_steps)
+        _positive_or_none("checkpoint.every_n_epochs", self.every_n_epochs)
+        if self.keep_last < 1:
+            raise ValueError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+        if self.keep_best < 0:
+            raise ValueError(f"checkpoint.keep_best must be >= 0, got {self.keep_best}")
+
+
+def _positive_or_none(key: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{key} must be a positive integer or null, got {value}")

@@ -199,7 +199,7 @@ class SynthesizerTrn(nn.Module):
                 text_lengths: torch.Tensor) -> TrainOutput:
         """Training pass.
 
-        ssl: HuBERT features (B, ssl_dim, 2*T) at 50 Hz for 25 Hz models; y: linear spectrogram
+        ssl: HuBERT features (B, ssl_dim, T) at 50 Hz, one per spectrogram frame; y: linear spectrogram
         (B, spec_channels, T); y_lengths: (B,) valid frames; text: phone ids (B, Tt); text_lengths: (B,).
         """
         y_mask = _length_mask(y_lengths, y.size(2), y.dtype)

@@ -1,0 +1,610 @@
+#!/usr/bin/env python
+"""SoVITS (stage 2) fine-tuning on Accelerate.
+
+    accelerate launch recipes/s2.py [--config FILE] [--resume auto|PATH] [section.key=value ...]
+    python recipes/s2.py                      # the demo: a tiny model on the bundled demo data
+
+Supports (chosen by the accelerate config, not by this file): CPU, one or many GPUs (DDP), bf16,
+and fp16 with one loss scaler shared correctly by the two optimizers (stepped once per iteration,
+as the official trainer does). Gradient clipping (`train.grad_clip`) and accumulation
+(`train.grad_accum`). Exact resume from complete checkpoints (`--resume auto` or a folder), also
+after moving the run or the dataset, on another device type or another number of processes.
+Refuses: changing model-shape settings on resume (names the keys); DeepSpeed (not yet).
+
+The loop follows the official `s2_train.py`: per batch a discriminator step (LSGAN), then a generator
+step (mel L1 x c_mel + KL x c_kl + feature matching + adversarial + commitment), AdamW (0.8, 0.99),
+text embedding / text encoder / MRTE at `text_low_lr_rate`, ExponentialLR stepped per epoch, the
+quantizer and SSL projection frozen. Validation generates every validation utterance through the
+inference path (noise scale 0) and reports `val/mel_loss`, the L1 between log-mels of the real and
+generated audio, averaged over all processes; the plateau controller (`plateau:` section) watches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
+
+from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
+from gsv_accel.checkpoint import CheckpointError, CheckpointManager
+from gsv_accel.config import (
+    CheckpointConfig,
+    ConfigError,
+    RunConfig,
+    ValidationConfig,
+    fingerprint,
+    load_config,
+    save_config,
+    to_dict,
+)
+from gsv_accel.data.dataset import DatasetCompatibilityError, S2Collate, load_prepared
+from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
+from gsv_accel.formats import (
+    GSVFormatError,
+    export_sovits,
+    load_weights_into,
+    sovits_export_info,
+    sovits_export_name,
+)
+from gsv_accel.losses import (
+    discriminator_lsgan_loss,
+    feature_matching_loss,
+    generator_lsgan_loss,
+    kl_divergence_loss,
+)
+from gsv_accel.models.sovits import MultiPeriodDiscriminator, SynthesizerTrn
+from gsv_accel.models.sovits.commons import slice_segments
+from gsv_accel.models.sovits.config import SoVITSConfig
+from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
+from gsv_accel.plateau import PlateauConfig, PlateauController
+from gsv_accel.tracking import (
+    TrackingConfig,
+    log_media,
+    new_run_id,
+    setup_logging,
+    start_trackers,
+    tracker_names,
+)
+from gsv_accel.training import (
+    StopRequest,
+    TrainingProgress,
+    check_resume_config,
+    ensure_rng_restored,
+    interval_due,
+    resolve_resume,
+    seed_everything,
+)
+
+logger = logging.getLogger("recipes.s2")
+USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
+EXIT_CODE_USER_ERROR = 2
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "s2_demo.yaml"
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class S2DataConfig:
+    """The prepared dataset and the `data` section of GPT-SoVITS' s2.json (feature settings)."""
+
+    dataset: str = "runs/demo_dataset"
+    batch_size: int = 4
+    num_workers: int = 0
+    bucket_boundaries: list[int] = field(default_factory=lambda: list(DEFAULT_BOUNDARIES))
+    sampling_rate: int = 32000
+    filter_length: int = 2048
+    hop_length: int = 640
+    win_length: int = 2048
+    n_mel_channels: int = 128
+    mel_fmin: float = 0.0
+    mel_fmax: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+    def spectrogram(self) -> SpectrogramConfig:
+        return SpectrogramConfig(self.sampling_rate, self.filter_length, self.hop_length, self.win_length,
+                                 self.n_mel_channels, self.mel_fmin, self.mel_fmax)
+
+
+@dataclass
+class S2TrainConfig:
+    epochs: int = 8
+    max_steps: int | None = None  # stop early after this many optimizer steps (benchmarks, tests)
+    learning_rate: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    eps: float = 1e-9
+    lr_decay: float = 0.999875
+    text_low_lr_rate: float = 0.4
+    segment_size: int = 20480  # samples of audio the decoder generates per item
+    c_mel: float = 45.0
+    c_kl: float = 1.0
+    grad_clip: float | None = None  # max global grad norm per model; null = no clipping
+    grad_accum: int = 1
+    log_every_n_steps: int = 1
+    pretrained_s2G: str | None = None
+    pretrained_s2D: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if self.grad_accum < 1:
+            raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas must have two values, got {self.betas}")
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Multi-period discriminator widths (official defaults; smaller for tests and the demo).
+    `periods`: null = the official periods of model.version."""
+
+    periods: list[int] | None = None
+    scale_channels: list[int] = field(default_factory=lambda: list(DEFAULT_SCALE_CHANNELS))
+    period_channels: list[int] = field(default_factory=lambda: list(DEFAULT_PERIOD_CHANNELS))
+
+
+@dataclass
+class S2Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: S2DataConfig = field(default_factory=S2DataConfig)
+    model: SoVITSConfig = field(default_factory=SoVITSConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    train: S2TrainConfig = field(default_factory=S2TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    plateau: PlateauConfig = field(default_factory=PlateauConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.segment_size % self.data.hop_length:
+            raise ValueError(f"train.segment_size ({self.train.segment_size}) must be a multiple of "
+                             f"data.hop_length ({self.data.hop_length})")
+        if self.model.hop_length != self.data.hop_length:
+            raise ValueError(f"the decoder upsamples by {self.model.hop_length} (product of "
+                             f"model.upsample_rates) but data.hop_length is {self.data.hop_length}")
+        # Derived model fields follow the data/train sections, as in the official trainer.
+        self.model.spec_channels = self.data.filter_length // 2 + 1
+        self.model.segment_size = self.train.segment_size // self.data.hop_length
+
+    def official_dict(self) -> dict:
+        """The config in GPT-SoVITS' s2.json layout, stored inside exports."""
+        return {"data": to_dict(self.data), "model": to_dict(self.model), "train": to_dict(self.train)}
+
+
+# ----------------------------------------------------------------------------------------- recipe
+
+
+class S2Recipe:
+    """Owns one training run: `setup()` wires the parts, `train()` runs the loop."""
+
+    def __init__(self, cfg: S2Config, resume: str | None) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.run_dir = Path(cfg.run.output_dir).resolve()
+        self.stop = StopRequest()
+        self.last_metrics: dict[str, float] = {}  # latest validation, recorded in each manifest
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.accelerator = Accelerator(
+            log_with=tracker_names(cfg.tracking) or None,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.run_dir / "tensorboard")),
+        )
+        acc = self.accelerator
+        setup_logging(self.run_dir, acc.process_index, acc.is_main_process)
+        logger.info("run folder %s; %d process(es) on %s; mixed precision %s", self.run_dir,
+                    acc.num_processes, acc.device, acc.mixed_precision)
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
+                                             keep_best=cfg.checkpoint.keep_best,
+                                             best_metric=cfg.plateau.monitor, best_mode=cfg.plateau.mode)
+        if acc.is_main_process:
+            self.checkpoints.clean_stale()
+        acc.wait_for_everyone()
+        # Resolve the checkpoint before building anything: its saved config decides whether the model
+        # settings may be used as they are.
+        self.resume_from = resolve_resume(self.resume, self.checkpoints)
+        if self.resume_from is not None:
+            check_resume_config(self.resume_from, to_dict(cfg), shape_sections=("model", "discriminator"))
+        if acc.is_main_process:
+            save_config(cfg, self.run_dir / "config.yaml")
+        seed_everything(cfg.run.seed + acc.process_index)
+
+        self._setup_data()
+        # Models before optimizers: the optimizer's param groups refer to the (frozen or not) params.
+        self._setup_models()
+        self._setup_optimizers()
+        # One prepare per model keeps the G/D pairing explicit (and is what DeepSpeed will need).
+        self.net_g, self.optim_g = acc.prepare(self.net_g, self.optim_g)
+        self.net_d, self.optim_d = acc.prepare(self.net_d, self.optim_d)
+        # The per-epoch schedulers are NOT passed to prepare (Accelerate would step them once per
+        # process); they and our own state ride along in every checkpoint.
+        self.progress = TrainingProgress()
+        for stateful in (self.sched_g, self.sched_d, self.progress, self.plateau):
+            acc.register_for_checkpointing(stateful)
+
+        if self.resume_from is not None:
+            acc.load_state(str(self.resume_from.path))
+            ensure_rng_restored(self.resume_from, acc.process_index, cfg.run.seed, acc.device.type)
+            self.sampler.load_state_dict(self.progress.sampler)
+            logger.info("resumed from %s: step %d, epoch %d", self.resume_from.path, self.progress.step,
+                        self.progress.epoch)
+        else:
+            self.progress.run_id = new_run_id()
+        self.plateau.scale_learning_rates([self.sched_g, self.sched_d])
+        start_trackers(acc, cfg.tracking, self.run_dir, to_dict(cfg), self.progress.run_id)
+        self._warn_about_intervals()
+
+    def _setup_data(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        spectrogram = cfg.data.spectrogram()
+        prepared = load_prepared(cfg.data.dataset, model_config=cfg.model, spectrogram_config=spectrogram)
+        self.train_set = prepared.view("train")
+        self.val_set = prepared.view("validation")
+        self.sampler = LengthBucketBatchSampler(
+            self.train_set.lengths, cfg.data.batch_size, cfg.data.bucket_boundaries,
+            num_replicas=acc.num_processes, rank=acc.process_index, seed=cfg.run.seed)
+        if self.sampler.dropped_indices and acc.is_main_process:
+            logger.warning("%d training utterance(s) fall outside data.bucket_boundaries and are not used",
+                           len(self.sampler.dropped_indices))
+        # The loader gets its own generator so creating an iterator never draws from the global RNG
+        # (a resumed run creates one mid-epoch; the uninterrupted run did not).
+        self.loader = torch.utils.data.DataLoader(
+            self.train_set, batch_sampler=self.sampler, collate_fn=S2Collate(spectrogram),
+            num_workers=cfg.data.num_workers, generator=torch.Generator(),
+            pin_memory=acc.device.type == "cuda")
+        self.features = SpectrogramExtractor(spectrogram).to(acc.device)
+        self.val_collate = S2Collate(spectrogram)
+
+    def _setup_models(self) -> None:
+        cfg = self.cfg
+        self.net_g = SynthesizerTrn(cfg.model)
+        dc = cfg.discriminator
+        self.net_d = MultiPeriodDiscriminator(cfg.model.use_spectral_norm, version=cfg.model.version,
+                                              periods=dc.periods, scale_channels=dc.scale_channels,
+                                              period_channels=dc.period_channels)
+        if self.resume_from is None:
+            for net, path, role in ((self.net_g, cfg.train.pretrained_s2G, "generator"),
+                                    (self.net_d, cfg.train.pretrained_s2D, "discriminator")):
+                if path:
+                    report = load_weights_into(net, path)
+                    logger.info("pretrained %s from %s: %s", role, path, report)
+        if cfg.model.freeze_quantizer:
+            # Frozen by requires_grad, so DDP never waits for gradients they will not get.
+            for module in (self.net_g.ssl_proj, self.net_g.quantizer):
+                module.requires_grad_(False)
+
+    def _setup_optimizers(self) -> None:
+        tc = self.cfg.train
+        enc_p = self.net_g.enc_p
+        low_lr_modules = (enc_p.text_embedding, enc_p.encoder_text, enc_p.mrte)
+        low_ids = {id(p) for m in low_lr_modules for p in m.parameters()}
+        base = [p for p in self.net_g.parameters() if p.requires_grad and id(p) not in low_ids]
+        groups = [{"params": base, "lr": tc.learning_rate}]
+        groups += [{"params": [p for p in m.parameters() if p.requires_grad],
+                    "lr": tc.learning_rate * tc.text_low_lr_rate} for m in low_lr_modules]
+        self.optim_g = torch.optim.AdamW(groups, tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
+        self.optim_d = torch.optim.AdamW(self.net_d.parameters(), tc.learning_rate, betas=tuple(tc.betas),
+                                         eps=tc.eps)
+        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=tc.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=tc.lr_decay)
+        self.plateau = PlateauController(self.cfg.plateau)
+
+    def _warn_about_intervals(self) -> None:
+        ck, epochs = self.cfg.checkpoint, self.cfg.train.epochs
+        if ck.every_n_epochs and ck.every_n_epochs > epochs and not ck.every_n_steps:
+            logger.warning("checkpoint.every_n_epochs=%d is longer than the run (%d epochs): only the "
+                           "final checkpoint will be written", ck.every_n_epochs, epochs)
+
+    # ------------------------------------------------------------------------------------ train
+    def train(self) -> int:
+        """Run to the end (or an early stop / signal). Returns the process exit code."""
+        cfg, acc, progress = self.cfg, self.accelerator, self.progress
+        self.stop.install()
+        steps_per_epoch = self.sampler.steps_per_epoch() // cfg.train.grad_accum
+        total_steps = steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            total_steps = min(total_steps, cfg.train.max_steps)
+        bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process,
+                   desc="s2", dynamic_ncols=True)
+        exit_code, reason = 0, "finished"
+        while progress.epoch < cfg.train.epochs and reason == "finished":
+            if self.sampler.epoch != progress.epoch:
+                self.sampler.set_epoch(progress.epoch)
+            micro_batches = []
+            for batch in self.loader:
+                micro_batches.append(batch)
+                if len(micro_batches) < cfg.train.grad_accum:
+                    continue
+                logs = self.train_step(micro_batches)
+                micro_batches = []
+                self.sampler.advance(cfg.train.grad_accum)
+                progress.step += 1
+                bar.update(1)
+                if progress.step % cfg.train.log_every_n_steps == 0:
+                    acc.log(logs, step=progress.step)
+                    bar.set_postfix(mel=f"{logs['train/loss_mel']:.3f}", d=f"{logs['train/loss_disc']:.3f}")
+                reason = self._after_step(epoch_end=False)
+                if reason != "finished":
+                    break
+            else:
+                # The epoch ran to its end: per-epoch LR decay, then epoch-level validation/saves.
+                progress.epoch += 1
+                self.sampler.set_epoch(progress.epoch)
+                for scheduler in (self.sched_g, self.sched_d):
+                    scheduler.step()
+                self.plateau.scale_learning_rates([self.sched_g, self.sched_d])
+                reason = self._after_step(epoch_end=True)
+        bar.close()
+        if reason == "signal":
+            exit_code = self.stop.exit_code
+        self.finish(reason)
+        self.stop.restore()
+        return exit_code
+
+    def _after_step(self, epoch_end: bool) -> str:
+        """Validation, plateau decisions, interval saves and stop checks at a step or epoch boundary.
+        Returns "finished" to keep going, or why the run stops."""
+        cfg, progress = self.cfg, self.progress
+        count = progress.epoch if epoch_end else progress.step
+        val_cfg, ck_cfg = cfg.validation, cfg.checkpoint
+        every_val = val_cfg.every_n_epochs if epoch_end else val_cfg.every_n_steps
+        every_save = ck_cfg.every_n_epochs if epoch_end else ck_cfg.every_n_steps
+        reason = "finished"
+        saved = False
+        if interval_due(every_val, count):
+            metric = self.validate()
+            decision = self.plateau.update(metric, step=progress.step, epoch=progress.epoch)
+            self.accelerator.log({cfg.plateau.monitor: metric, **self.plateau.log_values()},
+                                 step=progress.step)
+            logger.info("step %d epoch %d: %s = %.5f (%s)", progress.step, progress.epoch,
+                        cfg.plateau.monitor, metric, decision.reason)
+            self.last_metrics = {cfg.plateau.monitor: metric}
+            if decision.is_best:
+                progress.best_metric, progress.best_step = metric, progress.step
+                if ck_cfg.save_on_best:
+                    self.save_checkpoint("best")
+                    saved = True
+            if decision.action == "reduce_lr":
+                self.plateau.scale_learning_rates([self.sched_g, self.sched_d])
+            if decision.restore_best and decision.action != "stop":
+                self.restore_best_weights()
+            if decision.action == "stop":
+                return "early_stop"
+        if not saved and interval_due(every_save, count):
+            self.save_checkpoint("interval")
+        if self.stop.requested(self.accelerator):
+            reason = "signal"
+        elif cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps:
+            reason = "max_steps"
+        return reason
+
+    def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
+        """One optimizer step of D then G over `grad_accum` micro-batches (official order for 1)."""
+        acc, tc = self.accelerator, self.cfg.train
+        hop = self.cfg.data.hop_length
+        n = len(micro_batches)
+        self.optim_d.zero_grad(set_to_none=True)
+        self.optim_g.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for index, batch in enumerate(micro_batches):
+            last = index == n - 1
+            batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
+            with acc.no_sync(self.net_g) if not last else _null():
+                with acc.autocast():
+                    out = self.net_g(batch["ssl"], batch["spec"], batch["spec_lengths"], batch["text"],
+                                     batch["text_lengths"])
+            real = slice_segments(batch["wav"], out.slice_starts * hop, tc.segment_size)
+
+            # Discriminator: real vs detached generated audio.
+            with acc.no_sync(self.net_d) if not last else _null():
+                with acc.autocast():
+                    real_scores, fake_scores, _, _ = self.net_d(real, out.wav.detach())
+                loss_disc = discriminator_lsgan_loss(real_scores, fake_scores)
+                acc.backward(loss_disc / n)
+            if last:
+                # D steps as soon as its gradients are complete, before G's adversarial pass, as in
+                # the official trainer; the shared fp16 scaler is updated only after G's step.
+                grad_norm_d = self._step(self.optim_d, self.net_d, update_scaler=False)
+
+            # Generator: D's parameters are frozen and its DDP sync skipped for this pass, so G's
+            # backward neither computes nor all-reduces gradients that D would then throw away.
+            self.net_d.requires_grad_(False)
+            with acc.no_sync(self.net_d), (acc.no_sync(self.net_g) if not last else _null()):
+                with acc.autocast():
+                    _, fake_scores, real_maps, fake_maps = self.net_d(real, out.wav)
+                mel_real = slice_segments(self.features.linear_to_mel(batch["spec"].float()),
+                                          out.slice_starts, self.net_g_config.segment_size)
+                mel_fake = self.features.mel(out.wav.squeeze(1).float())
+                loss_mel = torch.nn.functional.l1_loss(mel_real, mel_fake) * tc.c_mel
+                z, z_p, m_p, logs_p, m_q, logs_q = out.latents
+                loss_kl = kl_divergence_loss(z_p, logs_q, m_p, logs_p, out.z_mask) * tc.c_kl
+                loss_fm = feature_matching_loss(real_maps, fake_maps)
+                loss_adv = generator_lsgan_loss(fake_scores)
+                loss_gen = loss_adv + loss_fm + loss_mel + out.commit_loss.float() + loss_kl
+                acc.backward(loss_gen / n)
+            self.net_d.requires_grad_(True)
+            for key, value in (("loss_disc", loss_disc), ("loss_gen", loss_gen), ("loss_adv", loss_adv),
+                               ("loss_fm", loss_fm), ("loss_mel", loss_mel), ("loss_kl", loss_kl),
+                               ("loss_commit", out.commit_loss)):
+                totals[f"train/{key}"] = totals.get(f"train/{key}", 0.0) + float(value.detach()) / n
+        grad_norm_g = self._step(self.optim_g, self.net_g, update_scaler=True)
+        totals.update({"train/grad_norm_g": grad_norm_g, "train/grad_norm_d": grad_norm_d,
+                       "train/lr_g": self.optim_g.param_groups[0]["lr"],
+                       "train/lr_d": self.optim_d.param_groups[0]["lr"]})
+        return totals
+
+    def _step(self, optimizer, model, update_scaler: bool) -> float:
+        """Unscale (fp16), measure and optionally clip the gradient norm, then step.
+
+        With fp16 both optimizers share Accelerate's one GradScaler: D is stepped through the scaler
+        without `update()`, G through Accelerate's optimizer wrapper, which steps and updates, so the
+        scale is updated exactly once per iteration (a skipped step on overflow behaves as in torch).
+        """
+        scaler = self.accelerator.scaler
+        if scaler is not None:
+            scaler.unscale_(optimizer.optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if update_scaler or scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer.optimizer)
+        return grad_norm
+
+    @property
+    def net_g_config(self) -> SoVITSConfig:
+        return self.cfg.model
+
+    # ------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> float:
+        """`val/mel_loss` over the validation split, generated through the inference path with noise
+        scale 0, averaged over all processes (each takes every W-th utterance). Runs on a forked RNG
+        so it never changes the training run's random stream."""
+        acc = self.accelerator
+        generator = acc.unwrap_model(self.net_g)
+        generator.eval()
+        limit = self.cfg.validation.max_items or len(self.val_set)
+        indices = list(range(min(limit, len(self.val_set))))[acc.process_index::acc.num_processes]
+        total = torch.zeros(2, device=acc.device)
+        samples = []
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for index in indices:
+                batch = self.val_collate([self.val_set[index]])
+                ssl, spec, text, wav = (batch[k].to(acc.device) for k in ("ssl", "spec", "text", "wav"))
+                frames = int(batch["spec_lengths"][0])
+                with acc.autocast():
+                    codes = generator.extract_latent(ssl[:, :, :frames])
+                    fake = generator.decode(codes.transpose(0, 1), text, spec[:, :, :frames], noise_scale=0.0)
+                mel_real = self.features.mel(wav[:, 0, : int(batch["wav_lengths"][0])].float())
+                mel_fake = self.features.mel(fake[:, 0].float())
+                length = min(mel_real.size(-1), mel_fake.size(-1))
+                total[0] += torch.nn.functional.l1_loss(mel_fake[..., :length], mel_real[..., :length])
+                total[1] += 1
+                if acc.is_main_process and len(samples) < self.cfg.tracking.num_samples:
+                    samples.append({"name": batch["names"][0], "audio": fake[0, 0].float().cpu().numpy(),
+                                    "mel": mel_fake[0].cpu().numpy()})
+        generator.train()
+        total = acc.reduce(total, reduction="sum") if acc.num_processes > 1 else total
+        log_media(acc, self.progress.step, samples, self.cfg.data.sampling_rate)
+        return float(total[0] / total[1].clamp(min=1))
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, reason: str) -> Path:
+        """A complete checkpoint of everything needed to continue exactly (all processes)."""
+        acc, progress = self.accelerator, self.progress
+        progress.sampler = self.sampler.state_dict()
+        if acc.is_main_process:
+            # The config travels inside the checkpoint: a resume compares against it.
+            self.checkpoints.root.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoints.save(
+            acc, step=progress.step, epoch=progress.epoch, metrics=dict(self.last_metrics),
+            config_fingerprint=fingerprint(self.cfg.model), config=to_dict(self.cfg),
+            extra={"reason": reason, "wandb_run_id": progress.run_id, "device_type": acc.device.type})
+        logger.info("saved checkpoint %s (%s)", path.name, reason)
+        if self.cfg.checkpoint.export_every_save:
+            self.export(acc.unwrap_model(self.net_g).state_dict(), progress.epoch, progress.step)
+        return path
+
+    def export(self, state_dict: dict, epoch: int, step: int, tag: str = "") -> Path | None:
+        """GPT-SoVITS inference weights `exports/<exp>[_best]_e<E>_s<S>.pth` (main process)."""
+        if not self.accelerator.is_main_process:
+            return None
+        name = self.cfg.run.exp_name + (f"_{tag}" if tag else "")
+        path = self.run_dir / "exports" / sovits_export_name(name, epoch, step)
+        export_sovits(state_dict, self.cfg.official_dict(), path, sovits_export_info(epoch, step),
+                      version=self.cfg.model.version)
+        logger.info("exported %s", path)
+        return path
+
+    def restore_best_weights(self) -> None:
+        """Load the generator and discriminator weights of the best checkpoint (all processes)."""
+        best = self.checkpoints.best()
+        if best is None:
+            logger.warning("no best checkpoint to restore: keeping the current weights")
+            return
+        from safetensors.torch import load_file
+
+        for model, file in ((self.net_g, "model.safetensors"), (self.net_d, "model_1.safetensors")):
+            self.accelerator.unwrap_model(model).load_state_dict(load_file(str(best.path / file)))
+        logger.info("restored the best weights (step %d, %s = %.5f)", best.step, self.cfg.plateau.monitor,
+                    best.metrics[self.cfg.plateau.monitor])
+
+    def finish(self, reason: str) -> None:
+        """Final checkpoint and exports, whatever the intervals; then end the trackers."""
+        acc, progress = self.accelerator, self.progress
+        if reason == "early_stop" and self.cfg.plateau.restore_best:
+            self.restore_best_weights()
+        self.save_checkpoint(f"final ({reason})")
+        self.export(acc.unwrap_model(self.net_g).state_dict(), progress.epoch, progress.step)
+        best = self.checkpoints.best()
+        if best is not None and acc.is_main_process:
+            from safetensors.torch import load_file
+
+            self.export(load_file(str(best.path / "model.safetensors")), best.epoch, best.step, tag="best")
+        logger.info("training stopped: %s at step %d, epoch %d", reason, progress.step, progress.epoch)
+        acc.end_training()
+
+
+class _null:
+    """A do-nothing context manager (contextlib.nullcontext without the import noise in the loop)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: demo)")
+    parser.add_argument("--resume", default=None,
+                        help="'auto' (latest complete checkpoint of the run, fresh start if none) or a "
+                             "checkpoint folder")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(S2Config, args.config, args.overrides)
+        recipe = S2Recipe(cfg, resume=args.resume)
+        recipe.setup()
+    except USER_ERRORS as err:
+        # Bad config, checkpoint, dataset or weights file: one clear message, no traceback.
+        logger.error("%s", err)
+        print(f"s2: error: {err}", file=sys.stderr)
+        return EXIT_CODE_USER_ERROR
+    return recipe.train()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

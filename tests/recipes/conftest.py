@@ -1,0 +1,113 @@
+"""Fixtures for recipe tests: the demo corpus prepared once per session, and a runner that launches
+the S2 recipe as a real process (so it can be killed, signalled and resumed like a user's run)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+S2_RECIPE = REPO / "recipes" / "s2.py"
+DEMO_CONFIG = REPO / "recipes" / "configs" / "s2_demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    from gsv_accel.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("demo_dataset") / "dataset"
+    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert")
+    return out
+
+
+def recipe_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    return env
+
+
+class S2Run:
+    """One run folder of the S2 recipe, driven through subprocesses."""
+
+    def __init__(self, run_dir: Path, dataset: Path, *overrides: str) -> None:
+        self.run_dir = run_dir
+        self.overrides = [f"run.output_dir={run_dir}", f"data.dataset={dataset}", "tracking.wandb=false",
+                          "tracking.tensorboard=false", *overrides]
+
+    def command(self, *extra: str, processes: int = 1) -> list[str]:
+        if processes == 1:
+            launcher = [sys.executable, str(S2_RECIPE)]
+        else:
+            launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu",
+                        "--num_processes", str(processes), "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", str(S2_RECIPE)]
+        return [*launcher, "--config", str(DEMO_CONFIG), *self.overrides, *extra]
+
+    def run(self, *extra: str, processes: int = 1, expect: int = 0, timeout: float = 600
+            ) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.command(*extra, processes=processes), cwd=REPO, env=recipe_env(),
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode != expect:
+            raise AssertionError(f"exit code {result.returncode} (expected {expect})\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        return result
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*extra), cwd=REPO, env=recipe_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_for_log(self, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        log = self.run_dir / "train.log"
+        while time.monotonic() < deadline:
+            if log.is_file() and text in log.read_text():
+                return
+            if process.poll() is not None:
+                raise AssertionError(f"run ended (code {process.returncode}) before logging {text!r}")
+            time.sleep(0.05)
+        process.kill()
+        raise AssertionError(f"timed out waiting for {text!r} in {log}")
+
+    def kill(self, process: subprocess.Popen, signum: int = signal.SIGKILL) -> int:
+        process.send_signal(signum)
+        return process.wait(timeout=120)
+
+    @property
+    def log(self) -> str:
+        return (self.run_dir / "train.log").read_text()
+
+    def checkpoints(self) -> list[Path]:
+        root = self.run_dir / "checkpoints"
+        return sorted(p for p in root.iterdir() if p.name.startswith("step_")) if root.is_dir() else []
+
+    def final_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        latest = self.checkpoints()[-1]
+        return {"generator": load_file(str(latest / "model.safetensors")),
+                "discriminator": load_file(str(latest / "model_1.safetensors"))}
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    for model in ("generator", "discriminator"):
+        assert a[model].keys() == b[model].keys()
+        for key, tensor in a[model].items():
+            if atol == 0.0:
+                assert torch.equal(tensor, b[model][key]), f"{model}.{key} differs"
+            else:
+                torch.testing.assert_close(tensor, b[model][key], atol=atol, rtol=0, msg=f"{model}.{key}")
+
+
+@pytest.fixture
+def s2_run(tmp_path, demo_dataset):
+    def make(name: str = "run", *overrides: str, dataset: Path | None = None) -> S2Run:
+        return S2Run(tmp_path / name, dataset or demo_dataset, *overrides)
+
+    return make

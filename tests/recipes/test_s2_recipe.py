@@ -1,0 +1,126 @@
+"""The S2 recipe end to end on the demo corpus with a tiny model: exact resume after SIGKILL and
+SIGTERM, resume after moving the run and the dataset, the final save whatever the interval, exports
+and the offline W&B record."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import signal
+
+import pytest
+import torch
+
+from gsv_accel.checkpoint import verify_checkpoint
+from gsv_accel.training import EXIT_CODE_SIGTERM
+
+from .conftest import S2Run, assert_same_weights
+
+# Two epochs of 11 steps, checkpoints every 3 steps and at each epoch end.
+RESUME_SETTINGS = ("train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=10")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, demo_dataset) -> S2Run:
+    run = S2Run(tmp_path_factory.mktemp("reference") / "run", demo_dataset, *RESUME_SETTINGS)
+    run.run()
+    return run
+
+
+def _val_losses(log: str) -> list[tuple[int, float]]:
+    return [(int(step), float(value))
+            for step, value in re.findall(r"step (\d+) epoch \d+: val/mel_loss = ([0-9.]+)", log)]
+
+
+def test_sigkill_at_random_step_then_resume_auto_matches_uninterrupted(s2_run, uninterrupted):
+    rng = random.Random()
+    seed = rng.randrange(1000)
+    kill_after = random.Random(seed).choice([3, 6, 9, 12, 15, 18])
+    run = s2_run("killed", *RESUME_SETTINGS)
+    process = run.start()
+    run.wait_for_log(f"saved checkpoint step_{kill_after:08d}", process)
+    assert run.kill(process) == -signal.SIGKILL, f"seed {seed}"
+    run.run("--resume", "auto")
+    assert f"resumed from {run.run_dir / 'checkpoints'}" in run.log
+    assert_same_weights(run.final_weights(), uninterrupted.final_weights())
+    # Validation after the resume point reproduces the uninterrupted run's values exactly.
+    reference = dict(_val_losses(uninterrupted.log))
+    resumed = _val_losses(run.log)
+    assert resumed and all(reference[step] == value for step, value in resumed), (seed, resumed, reference)
+
+
+def test_resume_after_moving_run_folder_and_dataset(s2_run, uninterrupted, demo_dataset, tmp_path):
+    run = s2_run("before_move", *RESUME_SETTINGS, "train.max_steps=7")
+    run.run()
+    assert [p.name for p in run.checkpoints()][-1] == "step_00000007"
+    moved_dataset = tmp_path / "elsewhere" / "dataset"
+    shutil.copytree(demo_dataset, moved_dataset)
+    moved_run = tmp_path / "elsewhere" / "run"
+    shutil.move(run.run_dir, moved_run)
+    resumed = S2Run(moved_run, moved_dataset, *RESUME_SETTINGS)
+    resumed.run("--resume", "auto")
+    assert "resume: data.dataset changed" in resumed.log
+    assert "resume: train.max_steps changed from 7 to None" in resumed.log
+    assert_same_weights(resumed.final_weights(), uninterrupted.final_weights())
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_documented_code(s2_run, uninterrupted):
+    run = s2_run("terminated", *RESUME_SETTINGS)
+    process = run.start()
+    run.wait_for_log("saved checkpoint step_00000003", process)
+    assert run.kill(process, signal.SIGTERM) == EXIT_CODE_SIGTERM
+    assert "received SIGTERM" in run.log and "training stopped: signal" in run.log
+    last = run.checkpoints()[-1]
+    verify_checkpoint(last)
+    run.run("--resume", "auto")
+    assert_same_weights(run.final_weights(), uninterrupted.final_weights())
+
+
+def test_short_run_with_long_save_interval_still_leaves_final_checkpoint_and_export(s2_run):
+    run = s2_run("short", "train.epochs=2", "checkpoint.every_n_epochs=4", "checkpoint.save_on_best=false")
+    run.run()
+    assert "checkpoint.every_n_epochs=4 is longer than the run (2 epochs)" in run.log
+    [final] = run.checkpoints()
+    info = verify_checkpoint(final)
+    assert info.step == 22 and info.epoch == 2
+    assert (run.run_dir / "exports" / "demo_e2_s22.pth").is_file()
+
+
+def test_export_loads_the_gpt_sovits_way_and_inspect_shows_progress(s2_run, capsys):
+    from gsv_accel.cli import main as cli_main
+    from gsv_accel.models.sovits import SynthesizerTrn
+    from gsv_accel.models.sovits.config import SoVITSConfig
+
+    run = s2_run("export", "train.epochs=1")
+    run.run()
+    export = run.run_dir / "exports" / "demo_e1_s11.pth"
+    # As GPT-SoVITS inference does: plain torch.load, config wrapped as attributes, weights loaded.
+    raw = torch.load(export, map_location="cpu", weights_only=False)
+    assert set(raw) == {"weight", "config", "info"} and raw["info"] == "1epoch_11iteration"
+    model_cfg = dict(raw["config"]["model"])
+    model_cfg["spec_channels"] = raw["config"]["data"]["filter_length"] // 2 + 1
+    model_cfg["segment_size"] = raw["config"]["train"]["segment_size"] // raw["config"]["data"]["hop_length"]
+    generator = SynthesizerTrn(SoVITSConfig.from_dict(model_cfg))
+    missing, unexpected = generator.load_state_dict(raw["weight"], strict=False)
+    assert not unexpected and missing and all(key.startswith("enc_q.") for key in missing)
+    assert all(t.dtype == torch.float16 for t in raw["weight"].values() if t.is_floating_point())
+
+    assert cli_main(["inspect", str(export), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epoch"] == 1 and summary["step"] == 11
+
+
+def test_offline_wandb_record_holds_the_val_mel_loss_of_train_log(s2_run):
+    from ..wandb_offline import history
+
+    run = s2_run("wandb", "train.epochs=2", "tracking.wandb=true")
+    run.run()
+    [run_file] = (run.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = [(row["_step"], row["val/mel_loss"]) for row in history(run_file) if "val/mel_loss" in row]
+    in_log = _val_losses(run.log)
+    assert len(in_log) == 2
+    assert [step for step, _ in logged] == [step for step, _ in in_log]
+    for (_, wandb_value), (_, log_value) in zip(logged, in_log, strict=True):
+        assert wandb_value == pytest.approx(log_value, abs=5e-6)  # train.log prints 5 decimals

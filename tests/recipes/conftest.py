@@ -47,14 +47,19 @@ class S2Run:
         if processes == 1:
             launcher = [sys.executable, str(S2_RECIPE)]
         else:
-            launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu",
-                        "--num_processes", str(processes), "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no", str(S2_RECIPE)]
+            # torchrun with ACCELERATE_USE_CPU (set in `run`): `accelerate launch --cpu` starts a single
+            # process in Accelerate 1.15, and Accelerate treats torchrun's workers as MULTI_CPU (gloo)
+            # only when told to use the CPU.
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        f"--nproc_per_node={processes}", str(S2_RECIPE)]
         return [*launcher, "--config", str(DEMO_CONFIG), *self.overrides, *extra]
 
     def run(self, *extra: str, processes: int = 1, expect: int = 0, timeout: float = 600
             ) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.command(*extra, processes=processes), cwd=REPO, env=recipe_env(),
+        env = recipe_env()
+        if processes > 1:
+            env["ACCELERATE_USE_CPU"] = "true"
+        result = subprocess.run(self.command(*extra, processes=processes), cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=timeout)
         if result.returncode != expect:
             raise AssertionError(f"exit code {result.returncode} (expected {expect})\n"

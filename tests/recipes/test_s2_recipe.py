@@ -124,3 +124,28 @@ def test_offline_wandb_record_holds_the_val_mel_loss_of_train_log(s2_run):
     assert [step for step, _ in logged] == [step for step, _ in in_log]
     for (_, wandb_value), (_, log_value) in zip(logged, in_log, strict=True):
         assert wandb_value == pytest.approx(log_value, abs=5e-6)  # train.log prints 5 decimals
+
+
+@pytest.mark.multiprocess
+def test_two_process_run_trains_validates_checkpoints_and_resumes_with_one(s2_run):
+    # The 36 training utterances form 11 global batches of up to 4 per epoch (demo buckets). Two
+    # processes: the odd batch is re-dealt into two, 12 batches = 6 steps per epoch.
+    run = s2_run("two_procs", "train.epochs=3", "checkpoint.every_n_steps=2", "checkpoint.keep_last=10",
+                 "train.max_steps=7")
+    run.run(processes=2, timeout=900)
+    assert "2 process(es) on cpu" in run.log
+    saved = verify_checkpoint(run.checkpoints()[-1])
+    assert saved.manifest["world_size"] == 2 and saved.step == 7 and saved.epoch == 1
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(saved.manifest["files"])
+    assert [step for step, _ in _val_losses(run.log)] == [6]
+
+    run.overrides.remove("train.max_steps=7")
+    run.run("--resume", "auto")
+    assert run.log.count("1 process(es) on cpu") == 1
+    assert "resume: train.max_steps changed from 7 to None" in run.log
+    final = verify_checkpoint(run.checkpoints()[-1])
+    assert final.manifest["world_size"] == 1 and final.epoch == 3
+    # Step 7 consumed 2 of epoch 2's global batches; one process finishes the other 9 of its 11,
+    # neither skipping nor repeating any, then runs epoch 3's 11.
+    assert final.step == 7 + 9 + 11
+    assert [step for step, _ in _val_losses(run.log)] == [6, 16, 27]

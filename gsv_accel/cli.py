@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from gsv_accel import __version__
@@ -73,20 +74,60 @@ def format_inspect(summary: dict[str, Any]) -> str:
 def inspect_path(path: str) -> dict[str, Any]:
     """Analysis behind `gsv-accel inspect`: a plain-data summary (no printing).
 
-    Only weight files for now; gsv_accel checkpoint folders (with their manifest) will be added here.
+    A GPT-SoVITS weight file, or a gsv_accel checkpoint folder (its manifest, hashes verified).
     """
     from gsv_accel.formats import summarize
 
+    if Path(path).is_dir():
+        return inspect_checkpoint(Path(path))
     return summarize(path)
+
+
+def inspect_checkpoint(folder: Path) -> dict[str, Any]:
+    """A checkpoint folder's manifest, with every file checked against its recorded sha256."""
+    from gsv_accel.checkpoint import CheckpointError, read_manifest, verify_checkpoint
+
+    manifest = read_manifest(folder)
+    try:
+        verify_checkpoint(folder, hashes=True)
+        problem = None
+    except CheckpointError as err:
+        problem = str(err)
+    return {"kind": "gsv_accel checkpoint", "path": str(folder), "valid": problem is None,
+            "problem": problem, "step": manifest["step"], "epoch": manifest["epoch"],
+            "metrics": manifest.get("metrics", {}), "world_size": manifest.get("world_size"),
+            "created": manifest.get("created"), "versions": manifest.get("versions", {}),
+            "config_fingerprint": manifest.get("config_fingerprint"),
+            "extra": manifest.get("extra", {}),
+            "files": {name: entry["bytes"] for name, entry in manifest["files"].items()}}
+
+
+def format_checkpoint(summary: dict[str, Any]) -> str:
+    lines = [f"checkpoint:  {summary['path']}",
+             f"status:      {'complete, every file matches its sha256' if summary['valid'] else 'BROKEN'}"]
+    if summary["problem"]:
+        lines.append(f"problem:     {summary['problem']}")
+    lines += [f"step:        {summary['step']}", f"epoch:       {summary['epoch']}",
+              f"processes:   {summary['world_size']}", f"created:     {summary['created']}"]
+    for key, value in summary["metrics"].items():
+        lines.append(f"metric:      {key} = {value:.6g}")
+    for key, value in summary["extra"].items():
+        lines.append(f"{key + ':':<13}{value}")
+    lines.append("versions:    " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()))
+    lines.append(f"files:       {len(summary['files'])} ({sum(summary['files'].values()) / 1e6:.1f} MB)")
+    for name, size in summary["files"].items():
+        lines.append(f"  {name:<32}{size:>12,d} bytes")
+    return "\n".join(lines)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
     summary = inspect_path(args.path)
+    is_checkpoint = summary.get("kind") == "gsv_accel checkpoint"
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        print(format_inspect(summary))
-    return EXIT_OK
+        print(format_checkpoint(summary) if is_checkpoint else format_inspect(summary))
+    return EXIT_ERROR if is_checkpoint and not summary["valid"] else EXIT_OK
 
 
 def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +137,7 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
         description="Show the kind, detected version, parameter counts, dtype, training progress and "
                     "config of a GPT-SoVITS .pth/.ckpt file.",
     )
-    parser.add_argument("path", help="a .pth or .ckpt file")
+    parser.add_argument("path", help="a .pth or .ckpt file, or a gsv_accel checkpoint folder")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(run=_run_inspect)
 
@@ -142,11 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from gsv_accel.checkpoint import CheckpointError
     from gsv_accel.formats import GSVFormatError
 
     try:
         return int(args.run(args))
-    except GSVFormatError as err:
+    except (GSVFormatError, CheckpointError) as err:
         print(f"gsv-accel {args.command}: error: {err}", file=sys.stderr)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
         where = f": {err.filename}" if getattr(err, "filename", None) else ""

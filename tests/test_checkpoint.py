@@ -143,3 +143,25 @@ def test_saving_the_same_step_twice_replaces_it_completely(tmp_path, accel_parts
     manager.save(accelerator, step=5, epoch=1, metrics={"val/mel_loss": 0.5})
     [only] = manager.complete()
     assert only.epoch == 1 and only.metrics["val/mel_loss"] == 0.5
+
+
+def test_inspect_shows_manifest_and_reports_a_corrupt_file(tmp_path, accel_parts, capsys):
+    from gsv_accel.cli import main
+
+    accelerator, model, optimizer, _ = accel_parts
+    folder = CheckpointManager(tmp_path).save(accelerator, step=12, epoch=3,
+                                               metrics={"val/mel_loss": 0.25})
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "complete, every file matches its sha256" in out
+    assert "step:        12" in out and "epoch:       3" in out and "val/mel_loss = 0.25" in out
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert main(["inspect", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN" in out and "model.safetensors does not match its sha256" in out
+    (folder / MANIFEST_NAME).unlink()
+    assert main(["inspect", str(folder)]) == 1
+    assert "no manifest.json" in capsys.readouterr().err

@@ -296,6 +296,16 @@ class PlateauController:
         return text
 
     # ---- learning rates -----------------------------------------------------------------------
+    def scale_down(self, factor: float) -> tuple[float, float] | None:
+        """An LR reduction asked for outside the metric (a rollback after non-finite losses):
+        multiply the scale by `factor`, floored at `min_lr_scale`. Returns (old, new), or None when
+        the scale is already at the floor. It does not count toward `max_reductions`."""
+        new_scale = max(self.lr_scale * factor, self.cfg.min_lr_scale)
+        if new_scale >= self.lr_scale:
+            return None
+        old, self.lr_scale = self.lr_scale, new_scale
+        return old, new_scale
+
     def scale_learning_rates(self, schedulers) -> None:
         """Set every group's LR of each scheduler's optimizer to scheduled LR * lr_scale.
 

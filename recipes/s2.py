@@ -25,26 +25,17 @@ import argparse
 import logging
 import math
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
-from gsv_accel.checkpoint import CheckpointError, CheckpointManager
-from gsv_accel.config import (
-    CheckpointConfig,
-    ConfigError,
-    RunConfig,
-    ValidationConfig,
-    fingerprint,
-    load_config,
-    save_config,
-    to_dict,
-)
+from gsv_accel.checkpoint import CheckpointError
+from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config, to_dict
 from gsv_accel.data.dataset import DatasetCompatibilityError, S2Collate, load_prepared
 from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
 from gsv_accel.formats import (
@@ -64,24 +55,9 @@ from gsv_accel.models.sovits import MultiPeriodDiscriminator, SynthesizerTrn
 from gsv_accel.models.sovits.commons import slice_segments
 from gsv_accel.models.sovits.config import SoVITSConfig
 from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
-from gsv_accel.plateau import PlateauConfig, PlateauController
-from gsv_accel.tracking import (
-    TrackingConfig,
-    log_media,
-    new_run_id,
-    setup_logging,
-    start_trackers,
-    tracker_names,
-)
-from gsv_accel.training import (
-    StopRequest,
-    TrainingProgress,
-    check_resume_config,
-    ensure_rng_restored,
-    interval_due,
-    resolve_resume,
-    seed_everything,
-)
+from gsv_accel.plateau import PlateauConfig
+from gsv_accel.session import TrainingSession
+from gsv_accel.tracking import TrackingConfig, log_media
 
 logger = logging.getLogger("recipes.s2")
 USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
@@ -135,6 +111,12 @@ class S2TrainConfig:
     grad_clip: float | None = None  # max global grad norm per model; null = no clipping
     grad_accum: int = 1
     log_every_n_steps: int = 1
+    # A step whose loss (or, without fp16 loss scaling, gradient norm) is NaN/inf is skipped. After
+    # this many in a row the run rolls back to its last complete checkpoint with the LR scale times
+    # `rollback_lr_factor` ("rollback"), or stops ("stop").
+    max_nonfinite_steps: int = 3
+    on_nonfinite: str = "rollback"
+    rollback_lr_factor: float = 0.5
     pretrained_s2G: str | None = None
     pretrained_s2D: str | None = None
 
@@ -149,6 +131,12 @@ class S2TrainConfig:
             raise ValueError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
         if len(self.betas) != 2:
             raise ValueError(f"train.betas must have two values, got {self.betas}")
+        if self.on_nonfinite not in ("rollback", "stop"):
+            raise ValueError(f"train.on_nonfinite must be 'rollback' or 'stop', got {self.on_nonfinite!r}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if not 0 < self.rollback_lr_factor < 1:
+            raise ValueError(f"train.rollback_lr_factor must be in (0, 1), got {self.rollback_lr_factor}")
 
 
 @dataclass
@@ -193,42 +181,25 @@ class S2Config:
 
 
 class S2Recipe:
-    """Owns one training run: `setup()` wires the parts, `train()` runs the loop."""
+    """Owns one training run: `setup()` wires the parts, `train()` runs the loop. The bookkeeping
+    shared with the S1 recipe (resume, checkpoints, plateau decisions, exports' timing) is in
+    `TrainingSession`; what is specific to SoVITS (two models, the GAN step, validation through the
+    inference path, the export format) is here."""
 
     def __init__(self, cfg: S2Config, resume: str | None) -> None:
         self.cfg = cfg
         self.resume = resume
-        self.run_dir = Path(cfg.run.output_dir).resolve()
-        self.stop = StopRequest()
-        self.last_metrics: dict[str, float] = {}  # latest validation, recorded in each manifest
+        tc = cfg.train
+        self.session = TrainingSession(
+            run_dir=cfg.run.output_dir, seed=cfg.run.seed, config=cfg, checkpoint=cfg.checkpoint,
+            validation=cfg.validation, plateau=cfg.plateau, tracking=cfg.tracking,
+            max_nonfinite_steps=tc.max_nonfinite_steps, on_nonfinite=tc.on_nonfinite,
+            rollback_lr_factor=tc.rollback_lr_factor, shape_sections=("model", "discriminator"))
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
-        cfg = self.cfg
-        self.accelerator = Accelerator(
-            log_with=tracker_names(cfg.tracking) or None,
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
-                                                logging_dir=str(self.run_dir / "tensorboard")),
-        )
-        acc = self.accelerator
-        setup_logging(self.run_dir, acc.process_index, acc.is_main_process)
-        logger.info("run folder %s; %d process(es) on %s; mixed precision %s", self.run_dir,
-                    acc.num_processes, acc.device, acc.mixed_precision)
-        self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
-                                             keep_best=cfg.checkpoint.keep_best,
-                                             best_metric=cfg.plateau.monitor, best_mode=cfg.plateau.mode)
-        if acc.is_main_process:
-            self.checkpoints.clean_stale()
-        acc.wait_for_everyone()
-        # Resolve the checkpoint before building anything: its saved config decides whether the model
-        # settings may be used as they are.
-        self.resume_from = resolve_resume(self.resume, self.checkpoints)
-        if self.resume_from is not None:
-            check_resume_config(self.resume_from, to_dict(cfg), shape_sections=("model", "discriminator"))
-        if acc.is_main_process:
-            save_config(cfg, self.run_dir / "config.yaml")
-        seed_everything(cfg.run.seed + acc.process_index)
-
+        session = self.session
+        self.accelerator = acc = session.start(self.resume)
         self._setup_data()
         # Models before optimizers: the optimizer's param groups refer to the (frozen or not) params.
         self._setup_models()
@@ -237,22 +208,12 @@ class S2Recipe:
         self.net_g, self.optim_g = acc.prepare(self.net_g, self.optim_g)
         self.net_d, self.optim_d = acc.prepare(self.net_d, self.optim_d)
         # The per-epoch schedulers are NOT passed to prepare (Accelerate would step them once per
-        # process); they and our own state ride along in every checkpoint.
-        self.progress = TrainingProgress()
-        for stateful in (self.sched_g, self.sched_d, self.progress, self.plateau):
-            acc.register_for_checkpointing(stateful)
-
-        if self.resume_from is not None:
-            acc.load_state(str(self.resume_from.path))
-            ensure_rng_restored(self.resume_from, acc.process_index, cfg.run.seed, acc.device.type)
-            self.sampler.load_state_dict(self.progress.sampler)
-            logger.info("resumed from %s: step %d, epoch %d", self.resume_from.path, self.progress.step,
-                        self.progress.epoch)
-        else:
-            self.progress.run_id = new_run_id()
-        self.plateau.scale_learning_rates([self.sched_g, self.sched_d])
-        start_trackers(acc, cfg.tracking, self.run_dir, to_dict(cfg), self.progress.run_id)
-        self._warn_about_intervals()
+        # process); the session registers them for checkpointing with its own state.
+        session.sampler = self.sampler
+        session.schedulers = [self.sched_g, self.sched_d]
+        session.validate, session.export, session.load_weights = self.validate, self.export, self.load_weights
+        session.restore([self.sched_g, self.sched_d])
+        session.warn_about_intervals(self.cfg.train.epochs)
 
     def _setup_data(self) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -282,7 +243,7 @@ class S2Recipe:
         self.net_d = MultiPeriodDiscriminator(cfg.model.use_spectral_norm, version=cfg.model.version,
                                               periods=dc.periods, scale_channels=dc.scale_channels,
                                               period_channels=dc.period_channels)
-        if self.resume_from is None:
+        if not self.session.resuming:
             for net, path, role in ((self.net_g, cfg.train.pretrained_s2G, "generator"),
                                     (self.net_d, cfg.train.pretrained_s2D, "discriminator")):
                 if path:
@@ -307,27 +268,21 @@ class S2Recipe:
                                          eps=tc.eps)
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=tc.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=tc.lr_decay)
-        self.plateau = PlateauController(self.cfg.plateau)
-
-    def _warn_about_intervals(self) -> None:
-        ck, epochs = self.cfg.checkpoint, self.cfg.train.epochs
-        if ck.every_n_epochs and ck.every_n_epochs > epochs and not ck.every_n_steps:
-            logger.warning("checkpoint.every_n_epochs=%d is longer than the run (%d epochs): only the "
-                           "final checkpoint will be written", ck.every_n_epochs, epochs)
 
     # ------------------------------------------------------------------------------------ train
     def train(self) -> int:
         """Run to the end (or an early stop / signal). Returns the process exit code."""
-        cfg, acc, progress = self.cfg, self.accelerator, self.progress
-        self.stop.install()
+        cfg, acc, session = self.cfg, self.accelerator, self.session
+        progress = session.progress
+        session.stop.install()
         steps_per_epoch = self.sampler.steps_per_epoch() // cfg.train.grad_accum
         total_steps = steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps is not None:
             total_steps = min(total_steps, cfg.train.max_steps)
         bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process,
                    desc="s2", dynamic_ncols=True)
-        exit_code, reason = 0, "finished"
-        while progress.epoch < cfg.train.epochs and reason == "finished":
+        outcome = "continue"
+        while progress.epoch < cfg.train.epochs and outcome == "continue":
             if self.sampler.epoch != progress.epoch:
                 self.sampler.set_epoch(progress.epoch)
             micro_batches = []
@@ -335,106 +290,72 @@ class S2Recipe:
                 micro_batches.append(batch)
                 if len(micro_batches) < cfg.train.grad_accum:
                     continue
-                logs = self.train_step(micro_batches)
+                logs, skipped = self.train_step(micro_batches)
                 micro_batches = []
                 self.sampler.advance(cfg.train.grad_accum)
-                progress.step += 1
+                session.record_step(skipped)
                 bar.update(1)
                 if progress.step % cfg.train.log_every_n_steps == 0:
+                    logs["train/nonfinite_steps_total"] = float(session.nonfinite_total)
                     acc.log(logs, step=progress.step)
                     bar.set_postfix(mel=f"{logs['train/loss_mel']:.3f}", d=f"{logs['train/loss_disc']:.3f}")
-                reason = self._after_step(epoch_end=False)
-                if reason != "finished":
+                outcome = session.after_step(epoch_end=False, max_steps=cfg.train.max_steps)
+                if outcome != "continue":
                     break
             else:
-                # The epoch ran to its end: per-epoch LR decay, then epoch-level validation/saves.
-                progress.epoch += 1
-                self.sampler.set_epoch(progress.epoch)
-                for scheduler in (self.sched_g, self.sched_d):
-                    scheduler.step()
-                self.plateau.scale_learning_rates([self.sched_g, self.sched_d])
-                reason = self._after_step(epoch_end=True)
+                # The epoch ran to its end: LR decay, then epoch-level validation and saves.
+                session.end_epoch()
+                outcome = session.after_step(epoch_end=True)
+            if outcome == "rollback":
+                outcome = session.rollback()
+                bar.n = progress.step
+                bar.refresh()
         bar.close()
-        if reason == "signal":
-            exit_code = self.stop.exit_code
-        self.finish(reason)
-        self.stop.restore()
-        return exit_code
+        reason = "finished" if outcome == "continue" else outcome
+        session.finish(reason)
+        return session.stop.exit_code if reason == "signal" else 0
 
-    def _after_step(self, epoch_end: bool) -> str:
-        """Validation, plateau decisions, interval saves and stop checks at a step or epoch boundary.
-        Returns "finished" to keep going, or why the run stops."""
-        cfg, progress = self.cfg, self.progress
-        count = progress.epoch if epoch_end else progress.step
-        val_cfg, ck_cfg = cfg.validation, cfg.checkpoint
-        every_val = val_cfg.every_n_epochs if epoch_end else val_cfg.every_n_steps
-        every_save = ck_cfg.every_n_epochs if epoch_end else ck_cfg.every_n_steps
-        reason = "finished"
-        saved = False
-        if interval_due(every_val, count):
-            metric = self.validate()
-            decision = self.plateau.update(metric, step=progress.step, epoch=progress.epoch)
-            self.accelerator.log({cfg.plateau.monitor: metric, **self.plateau.log_values()},
-                                 step=progress.step)
-            logger.info("step %d epoch %d: %s = %.5f (%s)", progress.step, progress.epoch,
-                        cfg.plateau.monitor, metric, decision.reason)
-            self.last_metrics = {cfg.plateau.monitor: metric}
-            if decision.is_best:
-                progress.best_metric, progress.best_step = metric, progress.step
-                if ck_cfg.save_on_best:
-                    self.save_checkpoint("best")
-                    saved = True
-            if decision.action == "reduce_lr":
-                self.plateau.scale_learning_rates([self.sched_g, self.sched_d])
-            if decision.restore_best and decision.action != "stop":
-                self.restore_best_weights()
-            if decision.action == "stop":
-                return "early_stop"
-        if not saved and interval_due(every_save, count):
-            self.save_checkpoint("interval")
-        if self.stop.requested(self.accelerator):
-            reason = "signal"
-        elif cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps:
-            reason = "max_steps"
-        return reason
-
-    def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
-        """One optimizer step of D then G over `grad_accum` micro-batches (official order for 1)."""
+    def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, float], bool]:
+        """One optimizer step of D then G over `grad_accum` micro-batches (the official order for
+        one). Returns the losses to log and whether a non-finite value made it skip a step."""
         acc, tc = self.accelerator, self.cfg.train
         hop = self.cfg.data.hop_length
         n = len(micro_batches)
         self.optim_d.zero_grad(set_to_none=True)
         self.optim_g.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
+        bad_d = bad_g = False
         for index, batch in enumerate(micro_batches):
             last = index == n - 1
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
-            with acc.no_sync(self.net_g) if not last else _null():
+            with acc.no_sync(self.net_g) if not last else nullcontext():
                 with acc.autocast():
                     out = self.net_g(batch["ssl"], batch["spec"], batch["spec_lengths"], batch["text"],
                                      batch["text_lengths"])
             real = slice_segments(batch["wav"], out.slice_starts * hop, tc.segment_size)
 
             # Discriminator: real vs detached generated audio.
-            with acc.no_sync(self.net_d) if not last else _null():
+            with acc.no_sync(self.net_d) if not last else nullcontext():
                 with acc.autocast():
                     real_scores, fake_scores, _, _ = self.net_d(real, out.wav.detach())
                 loss_disc = discriminator_lsgan_loss(real_scores, fake_scores)
                 acc.backward(loss_disc / n)
+            bad_d = bad_d or not bool(torch.isfinite(loss_disc))
             if last:
                 # D steps as soon as its gradients are complete, before G's adversarial pass, as in
                 # the official trainer; the shared fp16 scaler is updated only after G's step.
-                grad_norm_d = self._step(self.optim_d, self.net_d, update_scaler=False)
+                grad_norm_d, skipped_d = self._step(self.optim_d, self.net_d, update_scaler=False,
+                                                    bad_loss=bad_d)
 
             # Generator: D's parameters are frozen and its DDP sync skipped for this pass, so G's
             # backward neither computes nor all-reduces gradients that D would then throw away.
             self.net_d.requires_grad_(False)
-            with acc.no_sync(self.net_d), (acc.no_sync(self.net_g) if not last else _null()):
+            with acc.no_sync(self.net_d), (acc.no_sync(self.net_g) if not last else nullcontext()):
                 with acc.autocast():
                     _, fake_scores, real_maps, fake_maps = self.net_d(real, out.wav)
                 mel_real = slice_segments(self.features.linear_to_mel(batch["spec"].float()),
-                                          out.slice_starts, self.net_g_config.segment_size)
+                                          out.slice_starts, self.cfg.model.segment_size)
                 mel_fake = self.features.mel(out.wav.squeeze(1).float())
                 loss_mel = torch.nn.functional.l1_loss(mel_real, mel_fake) * tc.c_mel
                 z, z_p, m_p, logs_p, m_q, logs_q = out.latents
@@ -444,38 +365,55 @@ class S2Recipe:
                 loss_gen = loss_adv + loss_fm + loss_mel + out.commit_loss.float() + loss_kl
                 acc.backward(loss_gen / n)
             self.net_d.requires_grad_(True)
+            bad_g = bad_g or not bool(torch.isfinite(loss_gen))
             for key, value in (("loss_disc", loss_disc), ("loss_gen", loss_gen), ("loss_adv", loss_adv),
                                ("loss_fm", loss_fm), ("loss_mel", loss_mel), ("loss_kl", loss_kl),
                                ("loss_commit", out.commit_loss)):
                 totals[f"train/{key}"] = totals.get(f"train/{key}", 0.0) + float(value.detach()) / n
-        grad_norm_g = self._step(self.optim_g, self.net_g, update_scaler=True)
+        grad_norm_g, skipped_g = self._step(self.optim_g, self.net_g, update_scaler=True, bad_loss=bad_g)
+        if skipped_d or skipped_g:
+            logger.warning("step %d: non-finite loss or gradient, optimizer step skipped (%s)",
+                           self.session.progress.step + 1, ", ".join(
+                               name for name, bad in (("discriminator", skipped_d), ("generator", skipped_g))
+                               if bad))
         totals.update({"train/grad_norm_g": grad_norm_g, "train/grad_norm_d": grad_norm_d,
                        "train/lr_g": self.optim_g.param_groups[0]["lr"],
                        "train/lr_d": self.optim_d.param_groups[0]["lr"]})
-        return totals
+        return totals, skipped_d or skipped_g
 
-    def _step(self, optimizer, model, update_scaler: bool) -> float:
-        """Unscale (fp16), measure and optionally clip the gradient norm, then step.
+    def _step(self, optimizer, model, update_scaler: bool, bad_loss: bool) -> tuple[float, bool]:
+        """Unscale (fp16), measure and optionally clip the gradient norm, then step, unless the loss
+        (or, without a loss scaler, the gradient norm) is non-finite on any process. Returns
+        (gradient norm, skipped).
 
         With fp16 both optimizers share Accelerate's one GradScaler: D is stepped through the scaler
         without `update()`, G through Accelerate's optimizer wrapper, which steps and updates, so the
-        scale is updated exactly once per iteration (a skipped step on overflow behaves as in torch).
+        scale is updated exactly once per iteration. Infinite gradients under fp16 are the scaler's to
+        handle (it skips the step and lowers the scale), so only a non-finite loss counts there.
         """
-        scaler = self.accelerator.scaler
+        acc = self.accelerator
+        scaler = acc.scaler
         if scaler is not None:
             scaler.unscale_(optimizer.optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        bad = bad_loss or (scaler is None and not math.isfinite(grad_norm))
+        # Every process must take the same decision, or DDP's next all-reduce would pair mismatched
+        # steps: one flag all-reduce (only when there are several processes).
+        if acc.num_processes > 1:
+            flag = torch.tensor([1.0 if bad else 0.0], device=acc.device)
+            bad = bool(acc.reduce(flag, reduction="sum").item() > 0)
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            if update_scaler and scaler is not None:
+                scaler.update()  # keep "one update per iteration" even when G's step is skipped
+            return grad_norm, True
         if update_scaler or scaler is None:
             optimizer.step()
         else:
             scaler.step(optimizer.optimizer)
-        return grad_norm
-
-    @property
-    def net_g_config(self) -> SoVITSConfig:
-        return self.cfg.model
+        return grad_norm, False
 
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
@@ -509,74 +447,35 @@ class S2Recipe:
                                     "mel": mel_fake[0].cpu().numpy()})
         generator.train()
         total = acc.reduce(total, reduction="sum") if acc.num_processes > 1 else total
-        log_media(acc, self.progress.step, samples, self.cfg.data.sampling_rate)
+        log_media(acc, self.session.progress.step, samples, self.cfg.data.sampling_rate)
         return float(total[0] / total[1].clamp(min=1))
 
-    # ------------------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, reason: str) -> Path:
-        """A complete checkpoint of everything needed to continue exactly (all processes)."""
-        acc, progress = self.accelerator, self.progress
-        progress.sampler = self.sampler.state_dict()
-        if acc.is_main_process:
-            # The config travels inside the checkpoint: a resume compares against it.
-            self.checkpoints.root.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoints.save(
-            acc, step=progress.step, epoch=progress.epoch, metrics=dict(self.last_metrics),
-            config_fingerprint=fingerprint(self.cfg.model), config=to_dict(self.cfg),
-            extra={"reason": reason, "wandb_run_id": progress.run_id, "device_type": acc.device.type})
-        logger.info("saved checkpoint %s (%s)", path.name, reason)
-        if self.cfg.checkpoint.export_every_save:
-            self.export(acc.unwrap_model(self.net_g).state_dict(), progress.epoch, progress.step)
-        return path
+    # --------------------------------------------------------------------------------- weights
+    def load_weights(self, checkpoint: Path) -> None:
+        """Generator and discriminator weights from a checkpoint folder (best-weight restore)."""
+        for model, file in ((self.net_g, "model.safetensors"), (self.net_d, "model_1.safetensors")):
+            self.accelerator.unwrap_model(model).load_state_dict(load_file(str(checkpoint / file)))
 
-    def export(self, state_dict: dict, epoch: int, step: int, tag: str = "") -> Path | None:
-        """GPT-SoVITS inference weights `exports/<exp>[_best]_e<E>_s<S>.pth` (main process)."""
+    def export(self, checkpoint: Path | None, epoch: int, step: int, tag: str = "") -> Path | None:
+        """GPT-SoVITS inference weights `exports/<exp>[_<tag>]_e<E>_s<S>.pth` of the current generator
+        (`checkpoint` None) or of a checkpoint folder's (main process only). Non-finite weights are
+        never exported."""
         if not self.accelerator.is_main_process:
             return None
+        if checkpoint is None:
+            state_dict = self.accelerator.unwrap_model(self.net_g).state_dict()
+        else:
+            state_dict = load_file(str(checkpoint / "model.safetensors"))
+        broken = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if broken:
+            logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
+            return None
         name = self.cfg.run.exp_name + (f"_{tag}" if tag else "")
-        path = self.run_dir / "exports" / sovits_export_name(name, epoch, step)
+        path = self.session.run_dir / "exports" / sovits_export_name(name, epoch, step)
         export_sovits(state_dict, self.cfg.official_dict(), path, sovits_export_info(epoch, step),
                       version=self.cfg.model.version)
         logger.info("exported %s", path)
         return path
-
-    def restore_best_weights(self) -> None:
-        """Load the generator and discriminator weights of the best checkpoint (all processes)."""
-        best = self.checkpoints.best()
-        if best is None:
-            logger.warning("no best checkpoint to restore: keeping the current weights")
-            return
-        from safetensors.torch import load_file
-
-        for model, file in ((self.net_g, "model.safetensors"), (self.net_d, "model_1.safetensors")):
-            self.accelerator.unwrap_model(model).load_state_dict(load_file(str(best.path / file)))
-        logger.info("restored the best weights (step %d, %s = %.5f)", best.step, self.cfg.plateau.monitor,
-                    best.metrics[self.cfg.plateau.monitor])
-
-    def finish(self, reason: str) -> None:
-        """Final checkpoint and exports, whatever the intervals; then end the trackers."""
-        acc, progress = self.accelerator, self.progress
-        if reason == "early_stop" and self.cfg.plateau.restore_best:
-            self.restore_best_weights()
-        self.save_checkpoint(f"final ({reason})")
-        self.export(acc.unwrap_model(self.net_g).state_dict(), progress.epoch, progress.step)
-        best = self.checkpoints.best()
-        if best is not None and acc.is_main_process:
-            from safetensors.torch import load_file
-
-            self.export(load_file(str(best.path / "model.safetensors")), best.epoch, best.step, tag="best")
-        logger.info("training stopped: %s at step %d, epoch %d", reason, progress.step, progress.epoch)
-        acc.end_training()
-
-
-class _null:
-    """A do-nothing context manager (contextlib.nullcontext without the import noise in the loop)."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -1,0 +1,255 @@
+"""The bookkeeping of one training run, shared by the S1 and S2 recipes.
+
+A recipe owns its models, optimizers, data, training step and validation; `TrainingSession` owns
+what every run needs around them and must do identically:
+
+* start-up: the Accelerator (trackers chosen by config), `train.log`, the checkpoint manager, the
+  resume decision (`--resume auto|PATH`, checked against the saved config), the resolved config file;
+* state that rides in every checkpoint: `TrainingProgress`, the plateau controller, the recipe's
+  schedulers and sampler position;
+* the boundary logic after each step and epoch: validation cadence, plateau decisions (best
+  checkpoint, LR reduction, best-weight restore, early stop), interval saves, non-finite rollback,
+  SIGTERM/SIGINT;
+* the end: a final checkpoint whatever the intervals, exports of the final and the best model.
+
+The recipe plugs in three callables: `validate() -> float` (the metric, already averaged over
+processes), `export(state_source, epoch, step, tag)` and `load_weights(checkpoint_folder)` (the
+models' weights from a checkpoint, for best-weight restore).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from .checkpoint import CheckpointInfo, CheckpointManager
+from .config import CheckpointConfig, ValidationConfig, fingerprint, save_config, to_dict
+from .plateau import PlateauConfig, PlateauController
+from .tracking import TrackingConfig, new_run_id, setup_logging, start_trackers, tracker_names
+from .training import (
+    StopRequest,
+    TrainingProgress,
+    check_resume_config,
+    ensure_rng_restored,
+    interval_due,
+    resolve_resume,
+    seed_everything,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingSession:
+    def __init__(self, *, run_dir: str | Path, seed: int, config: Any, checkpoint: CheckpointConfig,
+                 validation: ValidationConfig, plateau: PlateauConfig, tracking: TrackingConfig,
+                 max_nonfinite_steps: int, on_nonfinite: str, rollback_lr_factor: float,
+                 shape_sections: Sequence[str] = ("model",)) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.seed = seed
+        self.config = config  # the recipe's resolved config dataclass
+        self.checkpoint_cfg = checkpoint
+        self.validation_cfg = validation
+        self.tracking_cfg = tracking
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.on_nonfinite = on_nonfinite
+        self.rollback_lr_factor = rollback_lr_factor
+        self.shape_sections = tuple(shape_sections)
+        self.plateau = PlateauController(plateau)
+        self.progress = TrainingProgress()
+        self.stop = StopRequest()
+        self.last_metrics: dict[str, float] = {}  # latest validation, recorded in each manifest
+        self.nonfinite_total = 0  # steps skipped in this process's lifetime (logged)
+        self.resume_from: CheckpointInfo | None = None
+        # Set by the recipe in its setup (see the module docstring).
+        self.sampler = None
+        self.schedulers: list = []
+        self.validate: Callable[[], float] | None = None
+        self.export: Callable[..., Path | None] | None = None
+        self.load_weights: Callable[[Path], None] | None = None
+
+    # ------------------------------------------------------------------------------ start-up
+    def start(self, resume: str | None) -> Accelerator:
+        """Create the Accelerator and the run folder's logging, and decide where to resume from
+        (before the recipe builds anything: the saved config decides whether the model settings may
+        be used as they are)."""
+        self.accelerator = acc = Accelerator(
+            log_with=tracker_names(self.tracking_cfg) or None,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.run_dir / "tensorboard")),
+        )
+        setup_logging(self.run_dir, acc.process_index, acc.is_main_process)
+        logger.info("run folder %s; %d process(es) on %s; mixed precision %s", self.run_dir,
+                    acc.num_processes, acc.device, acc.mixed_precision)
+        plateau_cfg = self.plateau.cfg
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=self.checkpoint_cfg.keep_last,
+                                             keep_best=self.checkpoint_cfg.keep_best,
+                                             best_metric=plateau_cfg.monitor, best_mode=plateau_cfg.mode)
+        if acc.is_main_process:
+            self.checkpoints.clean_stale()
+        acc.wait_for_everyone()
+        self.resume_from = resolve_resume(resume, self.checkpoints)
+        if self.resume_from is not None:
+            check_resume_config(self.resume_from, to_dict(self.config), shape_sections=self.shape_sections)
+        if acc.is_main_process:
+            save_config(self.config, self.run_dir / "config.yaml")
+        seed_everything(self.seed + acc.process_index)
+        return acc
+
+    def restore(self, stateful: Sequence[Any]) -> None:
+        """Register the recipe's extra checkpointed objects (schedulers, ...) with ours, load the
+        checkpoint when resuming, and start the trackers. Call after `accelerator.prepare`."""
+        acc = self.accelerator
+        for obj in (*stateful, self.progress, self.plateau):
+            acc.register_for_checkpointing(obj)
+        if self.resume_from is not None:
+            acc.load_state(str(self.resume_from.path))
+            ensure_rng_restored(self.resume_from, acc.process_index, self.seed, acc.device.type)
+            self.sampler.load_state_dict(self.progress.sampler)
+            logger.info("resumed from %s: step %d, epoch %d", self.resume_from.path, self.progress.step,
+                        self.progress.epoch)
+        else:
+            self.progress.run_id = new_run_id()
+        self.plateau.scale_learning_rates(self.schedulers)
+        start_trackers(acc, self.tracking_cfg, self.run_dir, to_dict(self.config), self.progress.run_id)
+
+    def warn_about_intervals(self, epochs: int) -> None:
+        ck = self.checkpoint_cfg
+        if ck.every_n_epochs and ck.every_n_epochs > epochs and not ck.every_n_steps:
+            logger.warning("checkpoint.every_n_epochs=%d is longer than the run (%d epochs): only the "
+                           "final checkpoint will be written", ck.every_n_epochs, epochs)
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume_from is not None
+
+    # ------------------------------------------------------------------------------ the loop
+    def record_step(self, skipped: bool) -> None:
+        """Count the optimizer step (and consecutive skipped ones)."""
+        self.progress.step += 1
+        if skipped:
+            self.progress.nonfinite_steps += 1
+            self.nonfinite_total += 1
+        else:
+            self.progress.nonfinite_steps = 0
+
+    def end_epoch(self) -> None:
+        """Per-epoch LR decay with the plateau scale on top, and the sampler's next epoch."""
+        self.progress.epoch += 1
+        self.sampler.set_epoch(self.progress.epoch)
+        for scheduler in self.schedulers:
+            scheduler.step()
+        self.plateau.scale_learning_rates(self.schedulers)
+
+    def after_step(self, epoch_end: bool, max_steps: int | None = None) -> str:
+        """Validation, plateau decisions, interval saves and stop checks at a step or epoch boundary.
+
+        Returns "continue", or why the run must stop ("early_stop", "signal", "max_steps",
+        "nonfinite"), or "rollback" (the recipe then calls `rollback` and goes on).
+        """
+        progress, ck = self.progress, self.checkpoint_cfg
+        count = progress.epoch if epoch_end else progress.step
+        every_val = self.validation_cfg.every_n_epochs if epoch_end else self.validation_cfg.every_n_steps
+        every_save = ck.every_n_epochs if epoch_end else ck.every_n_steps
+        if not epoch_end and progress.nonfinite_steps >= self.max_nonfinite_steps:
+            logger.error("%d consecutive steps with non-finite losses (last at step %d)",
+                         progress.nonfinite_steps, progress.step)
+            return "rollback" if self.on_nonfinite == "rollback" else "nonfinite"
+        saved = False
+        if interval_due(every_val, count):
+            outcome, saved = self._evaluate()
+            if outcome != "continue":
+                return outcome
+        if not saved and interval_due(every_save, count):
+            self.save("interval")
+        if self.stop.requested(self.accelerator):
+            return "signal"
+        if max_steps is not None and progress.step >= max_steps:
+            return "max_steps"
+        return "continue"
+
+    def _evaluate(self) -> tuple[str, bool]:
+        """Validate, log, and act on the plateau controller's decision. Returns (outcome, saved)."""
+        progress, monitor = self.progress, self.plateau.cfg.monitor
+        metric = self.validate()
+        decision = self.plateau.update(metric, step=progress.step, epoch=progress.epoch)
+        self.accelerator.log({monitor: metric, **self.plateau.log_values()}, step=progress.step)
+        logger.info("step %d epoch %d: %s = %.5f (%s)", progress.step, progress.epoch, monitor, metric,
+                    decision.reason)
+        self.last_metrics = {monitor: metric}
+        saved = False
+        if decision.is_best:
+            progress.best_metric, progress.best_step = metric, progress.step
+            if self.checkpoint_cfg.save_on_best:
+                self.save("best")
+                saved = True
+        if decision.action == "reduce_lr":
+            self.plateau.scale_learning_rates(self.schedulers)
+        if decision.restore_best and decision.action != "stop":
+            self.restore_best_weights()
+        return ("early_stop" if decision.action == "stop" else "continue"), saved
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self, reason: str) -> Path:
+        """A complete checkpoint of everything needed to continue exactly (call on all processes)."""
+        acc, progress = self.accelerator, self.progress
+        progress.sampler = self.sampler.state_dict()
+        path = self.checkpoints.save(
+            acc, step=progress.step, epoch=progress.epoch, metrics=dict(self.last_metrics),
+            config_fingerprint=fingerprint(to_dict(self.config).get("model", {})),
+            config=to_dict(self.config),
+            extra={"reason": reason, "wandb_run_id": progress.run_id, "device_type": acc.device.type})
+        logger.info("saved checkpoint %s (%s)", path.name, reason)
+        if self.checkpoint_cfg.export_every_save:
+            self.export(None, progress.epoch, progress.step, "")
+        return path
+
+    def rollback(self) -> str:
+        """Return to the last complete checkpoint after repeated non-finite steps, with the LR scale
+        times `rollback_lr_factor`. Returns "continue", or "nonfinite" when no checkpoint or LR
+        reduction is left (the run then stops)."""
+        target = self.checkpoints.latest_valid()
+        if target is None:
+            logger.error("no complete checkpoint to roll back to: stopping")
+            return "nonfinite"
+        self.accelerator.load_state(str(target.path))
+        self.sampler.load_state_dict(self.progress.sampler)
+        self.progress.nonfinite_steps = 0
+        scaled = self.plateau.scale_down(self.rollback_lr_factor)
+        if scaled is None:
+            logger.error("rolled back to %s but the LR scale is already at plateau.min_lr_scale: "
+                         "stopping", target.path.name)
+            return "nonfinite"
+        self.plateau.scale_learning_rates(self.schedulers)
+        logger.warning("rolled back to %s (step %d); LR scale %.4g -> %.4g", target.path.name,
+                       self.progress.step, *scaled)
+        return "continue"
+
+    def restore_best_weights(self) -> None:
+        """Load the models' weights of the best checkpoint (all processes)."""
+        best = self.checkpoints.best()
+        if best is None:
+            logger.warning("no best checkpoint to restore: keeping the current weights")
+            return
+        self.load_weights(best.path)
+        monitor = self.plateau.cfg.monitor
+        logger.info("restored the best weights (step %d, %s = %.5f)", best.step, monitor,
+                    best.metrics[monitor])
+
+    def finish(self, reason: str) -> None:
+        """Final checkpoint and exports whatever the intervals; then end the trackers."""
+        acc, progress = self.accelerator, self.progress
+        if reason == "early_stop" and self.plateau.cfg.restore_best:
+            self.restore_best_weights()
+        self.save(f"final ({reason})")
+        self.export(None, progress.epoch, progress.step, "")
+        best = self.checkpoints.best()
+        if best is not None:
+            self.export(best.path, best.epoch, best.step, "best")
+        logger.info("training stopped: %s at step %d, epoch %d", reason, progress.step, progress.epoch)
+        self.stop.restore()
+        acc.end_training()

@@ -137,10 +137,17 @@ class TrainingSession:
         else:
             self.progress.nonfinite_steps = 0
 
-    def end_epoch(self) -> None:
-        """Per-epoch LR decay with the plateau scale on top, and the sampler's next epoch."""
+    def end_epoch(self, step_schedulers: bool = True) -> None:
+        """The sampler's next epoch and, for per-epoch schedules (S2's ExponentialLR), the LR decay
+        with the plateau scale on top. Per-step schedules (S1) pass `step_schedulers=False` and call
+        `step_schedulers()` after each optimizer step instead."""
         self.progress.epoch += 1
         self.sampler.set_epoch(self.progress.epoch)
+        if step_schedulers:
+            self.step_schedulers()
+
+    def step_schedulers(self) -> None:
+        """Advance the LR schedules one step, keeping the plateau scale on top."""
         for scheduler in self.schedulers:
             scheduler.step()
         self.plateau.scale_learning_rates(self.schedulers)

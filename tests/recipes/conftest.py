@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[2]
 S2_RECIPE = REPO / "recipes" / "s2.py"
 DEMO_CONFIG = REPO / "recipes" / "configs" / "s2_demo.yaml"
+S1_RECIPE = REPO / "recipes" / "s1.py"
+S1_DEMO_CONFIG = REPO / "recipes" / "configs" / "s1_demo.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +40,9 @@ def recipe_env() -> dict[str, str]:
 class S2Run:
     """One run folder of the S2 recipe, driven through subprocesses."""
 
+    recipe = S2_RECIPE
+    config = DEMO_CONFIG
+
     def __init__(self, run_dir: Path, dataset: Path, *overrides: str) -> None:
         self.run_dir = run_dir
         self.overrides = [f"run.output_dir={run_dir}", f"data.dataset={dataset}", "tracking.wandb=false",
@@ -45,14 +50,14 @@ class S2Run:
 
     def command(self, *extra: str, processes: int = 1) -> list[str]:
         if processes == 1:
-            launcher = [sys.executable, str(S2_RECIPE)]
+            launcher = [sys.executable, str(self.recipe)]
         else:
             # torchrun with ACCELERATE_USE_CPU (set in `run`): `accelerate launch --cpu` starts a single
             # process in Accelerate 1.15, and Accelerate treats torchrun's workers as MULTI_CPU (gloo)
             # only when told to use the CPU.
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        f"--nproc_per_node={processes}", str(S2_RECIPE)]
-        return [*launcher, "--config", str(DEMO_CONFIG), *self.overrides, *extra]
+                        f"--nproc_per_node={processes}", str(self.recipe)]
+        return [*launcher, "--config", str(self.config), *self.overrides, *extra]
 
     def run(self, *extra: str, processes: int = 1, expect: int = 0, timeout: float = 600
             ) -> subprocess.CompletedProcess:
@@ -100,14 +105,59 @@ class S2Run:
                 "discriminator": load_file(str(latest / "model_1.safetensors"))}
 
 
+class S1Run(S2Run):
+    """One run folder of the S1 (GPT) recipe."""
+
+    recipe = S1_RECIPE
+    config = S1_DEMO_CONFIG
+
+    def final_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"gpt": load_file(str(self.checkpoints()[-1] / "model.safetensors"))}
+
+
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
-    for model in ("generator", "discriminator"):
+    assert a.keys() == b.keys()
+    for model in a:
         assert a[model].keys() == b[model].keys()
         for key, tensor in a[model].items():
             if atol == 0.0:
                 assert torch.equal(tensor, b[model][key]), f"{model}.{key} differs"
             else:
                 torch.testing.assert_close(tensor, b[model][key], atol=atol, rtol=0, msg=f"{model}.{key}")
+
+
+@pytest.fixture(scope="session")
+def demo_dataset_s1(tmp_path_factory) -> Path:
+    """The demo corpus with GPT-stage features: semantic codes from a tiny S2 model (random weights,
+    codebook marked initialised, exported the GPT-SoVITS way) and the tiny random BERT."""
+    from gsv_accel.config import load_config
+    from gsv_accel.data.prepare import prepare
+    from gsv_accel.formats import export_sovits
+    from gsv_accel.models.sovits import SynthesizerTrn
+    from recipes.s2 import S2Config
+
+    root = tmp_path_factory.mktemp("demo_dataset_s1")
+    cfg = load_config(S2Config, DEMO_CONFIG)
+    torch.manual_seed(0)
+    generator = SynthesizerTrn(cfg.model)
+    for name, buffer in generator.quantizer.named_buffers():
+        if name.endswith("inited"):
+            buffer.fill_(1)
+        elif name.endswith("embed"):
+            buffer.normal_()
+    s2_export = export_sovits(generator.state_dict(), cfg.official_dict(), root / "tiny_s2.pth", "test")
+    out = root / "dataset"
+    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert",
+            s2_pretrained=s2_export, bert_dir=REPO / "demo" / "tiny_bert")
+    return out
+
+
+@pytest.fixture
+def s1_run(tmp_path, demo_dataset_s1):
+    def make(name: str = "run", *overrides: str) -> S1Run:
+        return S1Run(tmp_path / name, demo_dataset_s1, *overrides)
+
+    return make
 
 
 @pytest.fixture

@@ -1,0 +1,414 @@
+#!/usr/bin/env python
+"""GPT (stage 1, text to semantic) fine-tuning on Accelerate.
+
+    accelerate launch recipes/s1.py [--config FILE] [--resume auto|PATH] [section.key=value ...]
+    python recipes/s1.py                      # the demo: a tiny GPT on the demo data (after make demo's S2)
+
+Same machinery as the S2 recipe (`TrainingSession`): complete checkpoints with exact resume, the
+plateau controller (monitor `val/loss`), W&B/TensorBoard, `train.log`, mixed precision and several
+processes from the accelerate config, non-finite steps skipped and rolled back.
+
+Training follows the official GPT stage where it matters for compatibility and states where it
+differs: the teacher-forced loss is the cross-entropy SUMMED over target positions (EOS appended,
+padded targets included), as officially (`train.loss_reduction: mean` divides by the number of
+target positions instead); top-3 accuracy ignores EOS targets. The official trainer uses ScaledAdam,
+forces lr 0.002 after its first step and steps every 4 batches with unused gradient clipping; here
+the optimizer is AdamW with linear warmup then cosine decay per optimizer step, accumulation is
+`train.grad_accum` (official: 4) and `train.grad_clip` really clips. `train.dpo: true` adds the
+official reference-free DPO loss. Validation reports `val/loss` (mean cross-entropy per target
+position, padding excluded) and `val/top3_acc`, averaged over all processes.
+
+Exports: `exports/<exp>-e<epoch>.ckpt` in the GPT_weights format (fp16 weights under `model.`,
+config with `data.max_sec`, info `GPT-e<epoch>`), loadable with the official
+`load_state_dict(strict=True)`; the final and the best model are exported at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from gsv_accel.checkpoint import CheckpointError
+from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config, to_dict
+from gsv_accel.data.dataset import DatasetCompatibilityError, load_prepared
+from gsv_accel.data.s1 import S1Collate, S1Filter, filter_items
+from gsv_accel.data.sampler import LengthBucketBatchSampler
+from gsv_accel.formats import GSVFormatError, export_gpt, gpt_export_info, gpt_export_name, load_weights_into
+from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
+from gsv_accel.models.gpt.model import top_k_accuracy
+from gsv_accel.plateau import PlateauConfig
+from gsv_accel.session import TrainingSession
+from gsv_accel.tracking import TrackingConfig
+
+logger = logging.getLogger("recipes.s1")
+USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
+EXIT_CODE_USER_ERROR = 2
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "s1_demo.yaml"
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class S1DataConfig:
+    dataset: str = "runs/demo_dataset_s1"
+    batch_size: int = 8
+    num_workers: int = 0
+    # Buckets by semantic length (codes, 25 per second).
+    bucket_boundaries: list[int] = field(
+        default_factory=lambda: [0, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1350])
+    max_sec: float = 54.0
+    max_phones: int = 540
+    min_phones_per_sec: float = 3.0
+    max_phones_per_sec: float = 25.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+
+    def filters(self) -> S1Filter:
+        return S1Filter(self.max_sec, self.max_phones, self.min_phones_per_sec, self.max_phones_per_sec)
+
+
+@dataclass
+class S1TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None
+    learning_rate: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # the cosine decays to learning_rate * min_lr_ratio
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    loss_reduction: str = "sum"
+    dpo: bool = False
+    log_every_n_steps: int = 1
+    max_nonfinite_steps: int = 3
+    on_nonfinite: str = "rollback"
+    rollback_lr_factor: float = 0.5
+    pretrained_s1: str | None = None  # an official GPT .ckpt export or a Lightning checkpoint
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if self.loss_reduction not in ("sum", "mean"):
+            raise ValueError(f"train.loss_reduction must be 'sum' or 'mean', got {self.loss_reduction!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.on_nonfinite not in ("rollback", "stop"):
+            raise ValueError(f"train.on_nonfinite must be 'rollback' or 'stop', got {self.on_nonfinite!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class S1Config:
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/s1_demo"))
+    data: S1DataConfig = field(default_factory=S1DataConfig)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: S1TrainConfig = field(default_factory=S1TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    plateau: PlateauConfig = field(default_factory=lambda: PlateauConfig(monitor="val/loss"))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def official_dict(self) -> dict:
+        """The config stored in GPT exports: `model` and `data` sections as in s1longer-v2.yaml."""
+        return {"model": to_dict(self.model), "data": {"max_sec": self.data.max_sec},
+                "train": {"epochs": self.train.epochs}}
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier per optimizer step: linear warmup to 1, then cosine down to `min_ratio`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------------------- recipe
+
+
+class S1Recipe:
+    """Owns one GPT training run: `setup()` wires the parts, `train()` runs the loop."""
+
+    def __init__(self, cfg: S1Config, resume: str | None) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        tc = cfg.train
+        self.session = TrainingSession(
+            run_dir=cfg.run.output_dir, seed=cfg.run.seed, config=cfg, checkpoint=cfg.checkpoint,
+            validation=cfg.validation, plateau=cfg.plateau, tracking=cfg.tracking,
+            max_nonfinite_steps=tc.max_nonfinite_steps, on_nonfinite=tc.on_nonfinite,
+            rollback_lr_factor=tc.rollback_lr_factor, shape_sections=("model",))
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        session = self.session
+        self.accelerator = acc = session.start(self.resume)
+        self._setup_data()
+        self.model = Text2SemanticDecoder(self.cfg.model)
+        if self.cfg.train.pretrained_s1 and not session.resuming:
+            report = load_weights_into(self.model, self.cfg.train.pretrained_s1, strict=True)
+            logger.info("pretrained GPT from %s: %s", self.cfg.train.pretrained_s1, report)
+        self._setup_optimizer()
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        session.sampler = self.sampler
+        session.schedulers = [self.scheduler]
+        session.validate, session.export, session.load_weights = self.validate, self.export, self.load_weights
+        session.restore([self.scheduler])
+        session.warn_about_intervals(self.cfg.train.epochs)
+
+    def _setup_data(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        prepared = load_prepared(cfg.data.dataset)
+        semantic = prepared.meta.get("semantic") or {}
+        if not semantic:
+            raise DatasetCompatibilityError(f"{cfg.data.dataset} has no semantic codes: prepare it with "
+                                            "--s2-pretrained (and --bert for Chinese)")
+        if int(semantic.get("codebook_size", cfg.model.EOS)) != cfg.model.EOS:
+            raise DatasetCompatibilityError(
+                f"the dataset's semantic codebook has {semantic['codebook_size']} codes but model.EOS is "
+                f"{cfg.model.EOS} (set model.EOS to the codebook size and model.vocab_size to one more)")
+        bert = prepared.meta.get("bert") or {}
+        if bert and int(bert["hidden_size"]) != cfg.model.bert_dim:
+            raise DatasetCompatibilityError(f"the dataset's BERT features are {bert['hidden_size']} wide but "
+                                            f"model.bert_dim is {cfg.model.bert_dim}")
+        features = ("phones", "semantic", "bert")
+        self.train_set, train_lengths = self._filtered(prepared, "train", features)
+        self.val_set, _ = self._filtered(prepared, "validation", features)
+        self.sampler = LengthBucketBatchSampler(
+            train_lengths, cfg.data.batch_size, cfg.data.bucket_boundaries,
+            num_replicas=acc.num_processes, rank=acc.process_index, seed=cfg.run.seed)
+        # Own generator: creating the iterator mid-epoch on resume must not draw from the global RNG.
+        self.loader = torch.utils.data.DataLoader(
+            self.train_set, batch_sampler=self.sampler, collate_fn=S1Collate(),
+            num_workers=cfg.data.num_workers, generator=torch.Generator(),
+            pin_memory=acc.device.type == "cuda")
+
+    def _filtered(self, prepared, split: str, features) -> tuple[torch.utils.data.Dataset, list[int]]:
+        """A split with the official filters applied; dropped items are reported in train.log."""
+        view = prepared.view(split, features)
+        table = view.hf_dataset.data.table
+        phones = [len(x) for x in table.column("phone_ids").to_pylist()]
+        semantic = [len(x) for x in table.column("semantic").to_pylist()]
+        kept, dropped = filter_items(phones, semantic, view.names, self.cfg.data.filters())
+        for name, reason in dropped:
+            logger.warning("%s: %s dropped: %s", split, name, reason)
+        if not kept:
+            raise DatasetCompatibilityError(
+                f"every {split} utterance of {self.cfg.data.dataset} was dropped by the GPT filters "
+                f"({len(dropped)} dropped; see train.log): adjust data.max_sec / data.max_phones / "
+                "data.min_phones_per_sec / data.max_phones_per_sec")
+        return torch.utils.data.Subset(view, kept), [semantic[i] for i in kept]
+
+    def _setup_optimizer(self) -> None:
+        tc = self.cfg.train
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
+        total = max(1, self.sampler.steps_per_epoch() // tc.grad_accum * tc.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(tc.warmup_steps, total, tc.min_lr_ratio))
+
+    # ------------------------------------------------------------------------------------ train
+    def train(self) -> int:
+        """Run to the end (or an early stop / signal). Returns the process exit code."""
+        cfg, acc, session = self.cfg, self.accelerator, self.session
+        progress = session.progress
+        session.stop.install()
+        total_steps = self.sampler.steps_per_epoch() // cfg.train.grad_accum * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            total_steps = min(total_steps, cfg.train.max_steps)
+        bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process,
+                   desc="s1", dynamic_ncols=True)
+        outcome = "continue"
+        while progress.epoch < cfg.train.epochs and outcome == "continue":
+            if self.sampler.epoch != progress.epoch:
+                self.sampler.set_epoch(progress.epoch)
+            micro_batches = []
+            for batch in self.loader:
+                micro_batches.append(batch)
+                if len(micro_batches) < cfg.train.grad_accum:
+                    continue
+                logs, skipped = self.train_step(micro_batches)
+                micro_batches = []
+                self.sampler.advance(cfg.train.grad_accum)
+                session.record_step(skipped)
+                # Per-step schedule (warmup + cosine), the plateau scale on top.
+                session.step_schedulers()
+                bar.update(1)
+                if progress.step % cfg.train.log_every_n_steps == 0:
+                    logs["train/nonfinite_steps_total"] = float(session.nonfinite_total)
+                    acc.log(logs, step=progress.step)
+                    bar.set_postfix(loss=f"{logs['train/loss_per_token']:.3f}",
+                                    acc=f"{logs['train/top3_acc']:.3f}")
+                outcome = session.after_step(epoch_end=False, max_steps=cfg.train.max_steps)
+                if outcome != "continue":
+                    break
+            else:
+                session.end_epoch(step_schedulers=False)
+                outcome = session.after_step(epoch_end=True)
+            if outcome == "rollback":
+                outcome = session.rollback()
+                bar.n = progress.step
+                bar.refresh()
+        bar.close()
+        reason = "finished" if outcome == "continue" else outcome
+        session.finish(reason)
+        return session.stop.exit_code if reason == "signal" else 0
+
+    def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, float], bool]:
+        """One optimizer step over `grad_accum` micro-batches. Returns the values to log and whether
+        a non-finite loss or gradient made it skip the step (decided alike on every process)."""
+        acc, tc = self.accelerator, self.cfg.train
+        n = len(micro_batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = acc_sum = tokens = 0.0
+        bad = False
+        for index, batch in enumerate(micro_batches):
+            batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
+            inputs = (batch["phoneme_ids"], batch["phoneme_ids_len"], batch["semantic_ids"],
+                      batch["semantic_ids_len"], batch["bert_feature"])
+            n_targets = float((batch["semantic_ids_len"] + 1).sum())
+            # Accumulating micro-batches skip DDP's gradient all-reduce until the last one.
+            with acc.no_sync(self.model) if index < n - 1 else nullcontext():
+                with acc.autocast():
+                    loss, top3 = self.model(*inputs, dpo=tc.dpo)
+                loss = loss.float()
+                scaled = loss / n_targets if tc.loss_reduction == "mean" else loss
+                acc.backward(scaled / n)
+            bad = bad or not bool(torch.isfinite(loss))
+            loss_sum += float(loss.detach())
+            acc_sum += float(top3) / n
+            tokens += n_targets
+        if acc.scaler is not None:
+            acc.scaler.unscale_(self.optimizer.optimizer)
+        max_norm = tc.grad_clip if tc.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        bad = bad or (acc.scaler is None and not math.isfinite(grad_norm))
+        if acc.num_processes > 1:
+            flag = torch.tensor([1.0 if bad else 0.0], device=acc.device)
+            bad = bool(acc.reduce(flag, reduction="sum").item() > 0)
+        if bad:
+            logger.warning("step %d: non-finite loss or gradient, optimizer step skipped",
+                           self.session.progress.step + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            if acc.scaler is not None:
+                acc.scaler.update()
+        else:
+            self.optimizer.step()
+        return {"train/loss": loss_sum, "train/loss_per_token": loss_sum / max(tokens, 1.0),
+                "train/top3_acc": acc_sum, "train/grad_norm": grad_norm,
+                "train/lr": self.optimizer.param_groups[0]["lr"]}, bad
+
+    # ------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> float:
+        """`val/loss`: mean cross-entropy per target position (ids + EOS, padding excluded) over the
+        validation split, and `val/top3_acc`, both averaged over all processes."""
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        model.eval()
+        collate = S1Collate()
+        indices = list(range(len(self.val_set)))[acc.process_index::acc.num_processes]
+        totals = torch.zeros(4, device=acc.device, dtype=torch.float64)  # ce, positions, correct, scored
+        size = self.cfg.data.batch_size
+        for start in range(0, len(indices), size):
+            batch = collate([self.val_set[i] for i in indices[start:start + size]])
+            batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with acc.autocast():
+                logits, targets = model.teacher_forced_logits(
+                    batch["phoneme_ids"], batch["phoneme_ids_len"], batch["semantic_ids"],
+                    batch["semantic_ids_len"], batch["bert_feature"])
+            logits = logits.float()
+            positions = torch.arange(targets.size(1), device=targets.device)
+            valid = positions.unsqueeze(0) <= batch["semantic_ids_len"].unsqueeze(1)
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            scored = valid & (targets != model.eos)
+            accuracy = top_k_accuracy(logits[scored].unsqueeze(0), targets[scored].unsqueeze(0),
+                                      self.cfg.model.accuracy_top_k, model.eos)
+            totals += torch.tensor([float(ce[valid].sum()), float(valid.sum()),
+                                    float(accuracy) * float(scored.sum()), float(scored.sum())],
+                                   device=acc.device, dtype=torch.float64)
+        model.train()
+        if acc.num_processes > 1:
+            totals = acc.reduce(totals, reduction="sum")
+        val_loss = float(totals[0] / totals[1].clamp(min=1))
+        acc.log({"val/top3_acc": float(totals[2] / totals[3].clamp(min=1))}, step=self.session.progress.step)
+        return val_loss
+
+    # --------------------------------------------------------------------------------- weights
+    def load_weights(self, checkpoint: Path) -> None:
+        weights = load_file(str(checkpoint / "model.safetensors"))
+        self.accelerator.unwrap_model(self.model).load_state_dict(weights)
+
+    def export(self, checkpoint: Path | None, epoch: int, step: int, tag: str = "") -> Path | None:
+        """`exports/<exp>[_<tag>]-e<E>.ckpt` in the GPT_weights format (main process only); non-finite
+        weights are never exported."""
+        if not self.accelerator.is_main_process:
+            return None
+        if checkpoint is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        else:
+            state_dict = load_file(str(checkpoint / "model.safetensors"))
+        broken = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if broken:
+            logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
+            return None
+        name = self.cfg.run.exp_name + (f"_{tag}" if tag else "")
+        path = self.session.run_dir / "exports" / gpt_export_name(name, epoch)
+        export_gpt(state_dict, self.cfg.official_dict(), path, gpt_export_info(epoch))
+        logger.info("exported %s", path)
+        return path
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: demo)")
+    parser.add_argument("--resume", default=None,
+                        help="'auto' (latest complete checkpoint of the run, fresh start if none) or a "
+                             "checkpoint folder")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(S1Config, args.config, args.overrides)
+        recipe = S1Recipe(cfg, resume=args.resume)
+        recipe.setup()
+    except USER_ERRORS as err:
+        logger.error("%s", err)
+        print(f"s1: error: {err}", file=sys.stderr)
+        return EXIT_CODE_USER_ERROR
+    return recipe.train()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

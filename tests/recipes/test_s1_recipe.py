@@ -1,0 +1,64 @@
+"""The S1 (GPT) recipe end to end on the demo corpus with a tiny model: exact resume after SIGKILL,
+plateau early stop with the best export, and exports that load the official way."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import torch
+
+from gsv_accel.checkpoint import verify_checkpoint
+from gsv_accel.models.gpt import GPTConfig, GPTLightningLayout, Text2SemanticDecoder
+
+from .conftest import assert_same_weights
+
+# 36 training utterances in batches of 6: 6 or 7 steps per epoch (bucketing), 3 epochs.
+RESUME_SETTINGS = ("train.epochs=3", "checkpoint.every_n_steps=4", "checkpoint.keep_last=20",
+                   "plateau.enabled=false")
+
+
+def _val_losses(log: str) -> list[tuple[int, float]]:
+    return [(int(step), float(value))
+            for step, value in re.findall(r"step (\d+) epoch \d+: val/loss = ([0-9.]+)", log)]
+
+
+def test_sigkill_then_resume_auto_matches_uninterrupted(s1_run):
+    reference = s1_run("reference", *RESUME_SETTINGS)
+    reference.run()
+    run = s1_run("killed", *RESUME_SETTINGS)
+    process = run.start()
+    run.wait_for_log("saved checkpoint step_00000008", process)
+    assert run.kill(process) == -signal.SIGKILL
+    run.run("--resume", "auto")
+    assert "resumed from" in run.log
+    assert_same_weights(run.final_weights(), reference.final_weights())
+    reference_losses = dict(_val_losses(reference.log))
+    assert all(reference_losses[step] == value for step, value in _val_losses(run.log))
+
+
+def test_overfitting_config_stops_early_and_exports_the_best_model(s1_run):
+    run = s1_run("overfit", "train.epochs=200", "train.learning_rate=0.003", "train.warmup_steps=2",
+                 "plateau.patience=2", "plateau.max_reductions=0")
+    run.run()
+    evaluations = _val_losses(run.log)
+    assert "training stopped: early_stop" in run.log
+    assert len(evaluations) < 200
+    best_step, _ = min(evaluations, key=lambda e: e[1])
+    best = verify_checkpoint(run.run_dir / "checkpoints" / f"step_{best_step:08d}")
+    exported = run.run_dir / "exports" / f"demo_best-e{best.epoch}.ckpt"
+    assert exported.is_file()
+
+
+def test_export_loads_the_official_way_with_strict_keys(s1_run):
+    run = s1_run("export", "train.epochs=1")
+    run.run()
+    [export] = (run.run_dir / "exports").glob("demo-e1.ckpt")
+    # As GPT-SoVITS inference does: torch.load, build the model from the stored config, load the
+    # `model.`-prefixed weights strictly.
+    raw = torch.load(export, map_location="cpu", weights_only=False)
+    assert raw["info"] == "GPT-e1" and raw["config"]["data"]["max_sec"] == 54.0
+    module = GPTLightningLayout(Text2SemanticDecoder(GPTConfig.from_dict(raw["config"]["model"])))
+    module.load_state_dict({k: v.float() for k, v in raw["weight"].items()}, strict=True)
+    assert all(k.startswith("model.") for k in raw["weight"])
+    assert all(v.dtype == torch.float16 for v in raw["weight"].values() if v.is_floating_point())

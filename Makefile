@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU_PIN ?= torch==2.13.0
 EXTRAS ?= dev,tensorboard,text
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo demo-s1 bench lint clean
 
 install: $(STAMP)
 
@@ -30,11 +30,21 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PYTHON) -m pytest
 
-# The demo: prepare the bundled corpus with the tiny HuBERT (cached on re-runs), then train the tiny
-# SoVITS model; re-running resumes the same run folder. W&B runs offline unless you are logged in.
+# The demo, both stages on the bundled corpus with tiny models (a few minutes on 2 CPU cores):
+# prepare with the tiny HuBERT and train SoVITS (S2); prepare again with the S2 model's best export
+# (semantic codes) and the tiny BERT and train the GPT (S1). Preparation is cached and re-running
+# resumes the run folders. W&B runs offline unless you are logged in.
 demo: $(STAMP)
 	$(PYTHON) -m gsv_accel.cli prepare --list demo/data/demo.list --hubert demo/tiny_hubert --out runs/demo_dataset
 	$(PYTHON) recipes/s2.py --resume auto
+	$(PYTHON) -m gsv_accel.cli prepare --list demo/data/demo.list --hubert demo/tiny_hubert \
+		--bert demo/tiny_bert --s2-pretrained "$$(ls -t runs/s2_demo/exports/demo_best_*.pth | head -n 1)" \
+		--out runs/demo_dataset_s1
+	$(PYTHON) recipes/s1.py --resume auto
+
+# Only the GPT stage (needs the S2 demo's export: run `make demo` once).
+demo-s1: $(STAMP)
+	$(PYTHON) recipes/s1.py --resume auto
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_data.py

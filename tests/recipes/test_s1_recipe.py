@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import signal
 
+import pytest
 import torch
 
 from gsv_accel.checkpoint import verify_checkpoint
@@ -62,3 +63,17 @@ def test_export_loads_the_official_way_with_strict_keys(s1_run):
     module.load_state_dict({k: v.float() for k, v in raw["weight"].items()}, strict=True)
     assert all(k.startswith("model.") for k in raw["weight"])
     assert all(v.dtype == torch.float16 for v in raw["weight"].values() if v.is_floating_point())
+
+
+@pytest.mark.multiprocess
+def test_two_process_run_trains_and_resumes_with_one(s1_run):
+    run = s1_run("two_procs", "train.epochs=2", "checkpoint.every_n_steps=2", "train.max_steps=3")
+    run.run(processes=2, timeout=900)
+    assert "2 process(es) on cpu" in run.log
+    saved = verify_checkpoint(run.checkpoints()[-1])
+    assert saved.manifest["world_size"] == 2 and saved.step == 3
+    run.overrides.remove("train.max_steps=3")
+    run.run("--resume", "auto")
+    final = verify_checkpoint(run.checkpoints()[-1])
+    assert final.manifest["world_size"] == 1 and final.epoch == 2
+    assert len(_val_losses(run.log)) == 2

@@ -115,10 +115,24 @@ def test_export_loads_the_gpt_sovits_way_and_inspect_shows_progress(s2_run, caps
 def test_offline_wandb_record_holds_the_val_mel_loss_of_train_log(s2_run):
     from ..wandb_offline import history
 
-    run = s2_run("wandb", "train.epochs=2", "tracking.wandb=true")
+    run = s2_run("wandb", "train.epochs=2", "tracking.wandb=true", "tracking.tensorboard=true")
     run.run()
     [run_file] = (run.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    logged = [(row["_step"], row["val/mel_loss"]) for row in history(run_file) if "val/mel_loss" in row]
+    rows = history(run_file)
+    logged = [(row["_step"], row["val/mel_loss"]) for row in rows if "val/mel_loss" in row]
+    # Two generated utterances per validation: audio and mel images, in W&B and TensorBoard.
+    media = {key.rsplit("/", 1)[0]: value for row in rows for key, value in row.items()
+             if key.startswith(("val_audio/", "val_mel/")) and key.endswith("/_type")}
+    assert sorted(media.values()) == ["audio-file", "audio-file", "image-file", "image-file"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: dict[str, set] = {"audio": set(), "images": set(), "scalars": set()}
+    for events_dir in {p.parent for p in (run.run_dir / "tensorboard").rglob("events.out.tfevents.*")}:
+        found = EventAccumulator(str(events_dir), size_guidance={"audio": 0, "images": 0}).Reload().Tags()
+        for kind in tags:
+            tags[kind].update(found[kind])
+    assert len(tags["audio"]) == 2 and len(tags["images"]) == 2
+    assert {"train/loss_mel", "val/mel_loss"} <= tags["scalars"]
     in_log = _val_losses(run.log)
     assert len(in_log) == 2
     assert [step for step, _ in logged] == [step for step, _ in in_log]

@@ -49,6 +49,7 @@ demo-s1: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_data.py
 	$(PYTHON) benchmarks/bench_s2.py
+	$(PYTHON) benchmarks/bench_s1.py
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check gsv_accel recipes tests

@@ -1,0 +1,402 @@
+"""S1 (GPT) training benchmark on the demo config (`make bench`).
+
+The GPT-stage counterpart of `bench_s2.py`, measured the same way (its docstring explains the method
+in full). Prints one table from two kinds of run of `recipes/configs/s1_demo.yaml` (tiny GPT, the
+bundled corpus prepared with semantic codes and tiny-BERT features), each repeated `--repeats` times:
+
+* demo cadence: the recipe as `make demo` runs it (its own loader, validation every epoch, checkpoints
+  every 2 epochs and on every improvement), W&B and TensorBoard off. Reports steps/s and tokens/s with
+  that cadence and for the training steps alone (validation and checkpoint time taken out), the share
+  of a training step spent waiting for data, and what one validation, one checkpoint and the final
+  save + exports cost. Tokens are semantic target tokens: per batch the sum of (semantic_len + 1)
+  (the ids and the appended EOS, the positions the loss is taken over, padding not counted).
+* training only: the recipe without validation or interval checkpoints, its loader replaced (after
+  `setup()`) by the epoch-0 batches collated beforehand, and in lockstep with it a bare loop: the same
+  GPT called as the recipe calls it (`model(*inputs, dpo=train.dpo)`), AdamW with the same two
+  parameter groups (weight decay on matrices only), the same per-step warmup-cosine LambdaLR,
+  gradient clipping and batches, in plain PyTorch, with no Accelerate, finiteness checks, logged
+  values, checkpointing, sampler bookkeeping or progress bar. Framework overhead = (recipe step time
+  - bare step time) / bare step time, the median over consecutive step pairs. Both start from the
+  same seed and see the same batches, so their weights must agree at the end: the table says by how
+  much (0 = the bare loop is exactly the recipe's computation).
+
+Timing: a subclass overrides `train_step` (called once per optimizer step), the loader and the
+session's `validate`, `save` and `finish` are wrapped in timers after `setup()`; a step's time runs
+from the end of one `train_step` to the end of the next (loop bookkeeping and data wait included). The
+bare step runs next to the recipe's on the same batch, before it on odd steps and after it on even
+ones. Every figure other than the overhead is, per step (or per call), the median over the repeats,
+then averaged over the steps; tokens/s is the timed steps' tokens over the sum of those medians. The
+first `--warmup` steps of a run are not timed.
+
+One torch thread by default (`--threads`; why: see `bench_s2.py`). Single process, full precision
+(run it with `python`, not `accelerate launch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `recipes` is not an installed package
+sys.path.insert(0, str(REPO / "benchmarks"))  # the S2 benchmark's timing helpers
+
+from bench_s2 import TimedIterable, _sync, max_diff, mean, per_step_median  # noqa: E402
+
+from recipes.s1 import DEFAULT_CONFIG, S1Config, S1Recipe, warmup_cosine  # noqa: E402
+
+RESULTS: list[tuple[str, float, str]] = []
+
+
+def _row(name: str, value: float, unit: str) -> None:
+    RESULTS.append((name, value, unit))
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def ensure_dataset(dataset: Path, work: Path) -> Path:
+    """The prepared GPT-stage demo dataset: `dataset` if it exists, else the demo corpus prepared
+    into the temp folder as the tests do it (semantic codes from a tiny random S2 model with its
+    codebook marked initialised, exported the GPT-SoVITS way, and the tiny BERT). The codes differ
+    from `make demo`'s, their lengths (all that the timings depend on) do not."""
+    if dataset.exists():
+        return dataset
+    from gsv_accel.config import load_config
+    from gsv_accel.data.prepare import prepare
+    from gsv_accel.formats import export_sovits
+    from gsv_accel.models.sovits import SynthesizerTrn
+    from recipes.s2 import DEFAULT_CONFIG as S2_DEMO_CONFIG
+    from recipes.s2 import S2Config
+
+    out = work / "demo_dataset_s1"
+    print(f"{dataset} does not exist: preparing the demo corpus into {out}", file=sys.stderr)
+    cfg = load_config(S2Config, S2_DEMO_CONFIG)
+    torch.manual_seed(0)
+    generator = SynthesizerTrn(cfg.model)
+    for name, buffer in generator.quantizer.named_buffers():
+        if name.endswith("inited"):
+            buffer.fill_(1)
+        elif name.endswith("embed"):
+            buffer.normal_()
+    s2_export = export_sovits(generator.state_dict(), cfg.official_dict(), work / "tiny_s2.pth", "bench")
+    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert",
+            s2_pretrained=s2_export, bert_dir=REPO / "demo" / "tiny_bert")
+    return out
+
+
+def load_cfg(dataset: Path, output_dir: Path, steps: int, steps_per_epoch: int, cadence: bool) -> S1Config:
+    from gsv_accel.config import load_config
+
+    overrides = [f"data.dataset={dataset}", f"run.output_dir={output_dir}", f"train.max_steps={steps}",
+                 "tracking.wandb=false", "tracking.tensorboard=false"]
+    cfg = load_config(S1Config, DEFAULT_CONFIG, overrides)
+    # Enough epochs for the steps asked for (the demo's own count, and so its LR schedule, when
+    # that suffices; the schedule's length follows the epochs, the same for the recipe and bare loop).
+    per_epoch = max(1, steps_per_epoch // cfg.train.grad_accum)
+    cfg.train.epochs = max(cfg.train.epochs, math.ceil(steps / per_epoch))
+    if not cadence:
+        cfg.validation.every_n_steps = cfg.validation.every_n_epochs = None
+        cfg.checkpoint.every_n_steps = cfg.checkpoint.every_n_epochs = None
+    return cfg
+
+
+def collate_epoch(cfg: S1Config) -> list[dict]:
+    """The batches of epoch 0, filtered, bucketed and collated as the recipe's loader does it."""
+    from gsv_accel.data.dataset import load_prepared
+    from gsv_accel.data.s1 import S1Collate, filter_items
+    from gsv_accel.data.sampler import LengthBucketBatchSampler
+
+    view = load_prepared(cfg.data.dataset).view("train", ("phones", "semantic", "bert"))
+    table = view.hf_dataset.data.table
+    phones = [len(x) for x in table.column("phone_ids").to_pylist()]
+    semantic = [len(x) for x in table.column("semantic").to_pylist()]
+    kept, _ = filter_items(phones, semantic, view.names, cfg.data.filters())
+    sampler = LengthBucketBatchSampler([semantic[i] for i in kept], cfg.data.batch_size,
+                                       cfg.data.bucket_boundaries, seed=cfg.run.seed)
+    collate = S1Collate()
+    return [collate([view[kept[i]] for i in batch]) for batch in sampler]
+
+
+def target_tokens(batch: dict) -> int:
+    """Semantic target positions of a batch: per row the ids plus the appended EOS."""
+    return int((batch["semantic_ids_len"] + 1).sum())
+
+
+# ----------------------------------------------------------------------------------------- bare
+
+
+class BareLoop:
+    """The recipe's math as plain PyTorch: per optimizer step `grad_accum` micro-batches (the
+    leftover ones at an epoch's end dropped, as the recipe does), the loss as the recipe reduces it,
+    clipping, AdamW, then the per-step LR schedule. Keeps its own RNG stream (dropout draws from the
+    global generator), so it can run interleaved with the recipe and still match it exactly."""
+
+    def __init__(self, cfg: S1Config, batches: list[dict]) -> None:
+        from gsv_accel.models.gpt import Text2SemanticDecoder
+        from gsv_accel.training import seed_everything
+
+        tc = cfg.train
+        self.cfg, self.done = cfg, 0
+        n = tc.grad_accum
+        self.groups = [batches[i:i + n] for i in range(0, len(batches) - n + 1, n)]  # one epoch's steps
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        outer = self._rng()
+        seed_everything(cfg.run.seed)
+        self.model = Text2SemanticDecoder(cfg.model)
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
+        total = max(1, len(batches) // n * tc.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(tc.warmup_steps, total, tc.min_lr_ratio))
+        self.model.to(self.device)
+        self.rng = self._rng()
+        self._set_rng(outer)
+
+    def _rng(self) -> tuple:
+        return torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+
+    def _set_rng(self, state: tuple) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state_all(state[1])
+
+    def step(self) -> float:
+        """One optimizer step on the next micro-batches; returns its seconds (the RNG swaps excluded)."""
+        outer = self._rng()
+        self._set_rng(self.rng)
+        start = time.perf_counter()
+        self._step(self.groups[self.done % len(self.groups)])
+        self.done += 1
+        _sync(self.device)
+        seconds = time.perf_counter() - start
+        self.rng = self._rng()
+        self._set_rng(outer)
+        return seconds
+
+    def _step(self, micro_batches: list[dict]) -> None:
+        tc, n = self.cfg.train, len(micro_batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in micro_batches:
+            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
+            loss, _ = self.model(batch["phoneme_ids"], batch["phoneme_ids_len"], batch["semantic_ids"],
+                                 batch["semantic_ids_len"], batch["bert_feature"], dpo=tc.dpo)
+            if tc.loss_reduction == "mean":
+                loss = loss / float((batch["semantic_ids_len"] + 1).sum())
+            (loss / n).backward()
+        if tc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+
+
+# --------------------------------------------------------------------------------- timed recipe
+
+
+class TimedS1Recipe(S1Recipe):
+    """S1Recipe with timers around the parts of the loop; the computation is unchanged.
+
+    Per optimizer step it records: `step` (end of the previous train_step, companion excluded, to the
+    end of this one), `inside` (train_step itself), `data` (next() and the device copy), `events`
+    (validation and checkpoints in between), `tokens` (semantic target tokens of the step's
+    micro-batches) and `bare` (the companion BareLoop's step, if any)."""
+
+    def __init__(self, *args, companion: BareLoop | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.companion = companion
+        self.per_step: dict[str, list[float]] = {
+            k: [] for k in ("step", "inside", "data", "events", "tokens", "bare")}
+        self.calls: dict[str, list[float]] = {"validate": [], "save": [], "finish": []}
+        self._data, self._events = [0.0], [0.0]  # running totals
+        self._marks = (0.0, 0.0)
+        self._last = 0.0
+
+    def instrument(self, batches: list[dict] | None = None) -> None:
+        """After setup(): time the loader (or replace it by pre-collated batches) and the session's
+        validation, checkpoint and final-save calls."""
+        self.loader = TimedIterable(self.loader if batches is None else batches, self._data)
+        for kind in self.calls:
+            setattr(self.session, kind, self._timed(kind, getattr(self.session, kind)))
+
+    def _timed(self, kind: str, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(self.accelerator.device)
+                seconds = time.perf_counter() - start
+                self.calls[kind].append(seconds)
+                if kind != "finish":  # its final save is counted as a save
+                    self._events[0] += seconds
+        return timed
+
+    def train(self) -> int:
+        self._last = time.perf_counter()
+        return super().train()
+
+    def train_step(self, micro_batches: list[dict]):
+        device = self.accelerator.device
+        start = time.perf_counter()
+        micro_batches = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                          for k, v in batch.items()} for batch in micro_batches]
+        self._data[0] += time.perf_counter() - start
+        bare_first = self.companion is not None and len(self.per_step["step"]) % 2 == 1
+        aside = 0.0  # wall time of the companion inside this step's interval
+        if bare_first:
+            begin = time.perf_counter()
+            self.per_step["bare"].append(self.companion.step())
+            aside = time.perf_counter() - begin
+        begin = time.perf_counter()
+        result = super().train_step(micro_batches)
+        done = time.perf_counter()
+        record = self.per_step
+        record["inside"].append(done - begin)
+        record["step"].append(done - self._last - aside)
+        record["data"].append(self._data[0] - self._marks[0])
+        record["events"].append(self._events[0] - self._marks[1])
+        self._marks = (self._data[0], self._events[0])
+        if self.companion is not None and not bare_first:
+            record["bare"].append(self.companion.step())
+        record["tokens"].append(float(sum(target_tokens(batch) for batch in micro_batches)))
+        self._last = time.perf_counter()
+        return result
+
+
+def run_recipe(cfg: S1Config, batches: list[dict] | None, paired: bool = False) -> dict:
+    """One recipe run: with its own loader (`batches` None) or over pre-collated batches; `paired`:
+    with the bare loop stepping in lockstep (pre-collated batches only)."""
+    companion = BareLoop(cfg, batches) if paired else None  # seeds itself, before the recipe does
+    recipe = TimedS1Recipe(cfg, resume=None, companion=companion)
+    # The recipe's console log handler binds to the stderr it finds at setup: keep it off the table
+    # (everything still goes to the run folder's train.log).
+    with contextlib.redirect_stderr(io.StringIO()):
+        recipe.setup()
+    if recipe.accelerator.mixed_precision != "no" or recipe.accelerator.num_processes != 1:
+        raise SystemExit("bench_s1: run with plain `python` (one process, no mixed precision)")
+    recipe.instrument(batches)
+    recipe.train()
+    result = {"device": str(recipe.accelerator.device), **recipe.per_step, **recipe.calls}
+    if companion is not None:
+        result["weight_diff"] = max_diff(recipe.accelerator.unwrap_model(recipe.model).state_dict(),
+                                         companion.model.state_dict())
+    return result
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=120,
+                        help="optimizer steps per run (default 120: the demo's 15 epochs of 8 steps)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each kind (medians are reported)")
+    parser.add_argument("--dataset", type=Path, default=REPO / "runs" / "demo_dataset_s1",
+                        help="prepared GPT-stage demo dataset (prepared into a temp folder if missing)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1; 0: torch's default, one per core)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results and raw timings here")
+    args = parser.parse_args()
+    if args.warmup < 0 or args.steps < args.warmup + 2 or args.repeats < 1:
+        parser.error("need --warmup >= 0, --steps >= --warmup + 2 and --repeats >= 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    import datasets
+
+    from gsv_accel.formats import OfficialCompatibilityWarning
+
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=OfficialCompatibilityWarning)  # the demo's tiny widths
+    work = Path(tempfile.mkdtemp(prefix="gsv_bench_s1_"))
+    runs: dict[str, list[dict]] = {"cadence": [], "paired": []}
+    try:
+        dataset = ensure_dataset(args.dataset.resolve(), work)
+        batches = collate_epoch(load_cfg(dataset, work / "unused", args.steps, 1, cadence=False))
+        for repeat in range(args.repeats):
+            for kind in runs:
+                print(f"repeat {repeat + 1}/{args.repeats}: {kind}", file=sys.stderr)
+                cfg = load_cfg(dataset, work / f"{kind}{repeat}", args.steps, len(batches),
+                               cadence=kind == "cadence")
+                runs[kind].append(run_recipe(cfg, None if kind == "cadence" else batches, kind == "paired"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    cadence, paired, warm = runs["cadence"], runs["paired"], args.warmup
+    cadence_steps = per_step_median(cadence, "step", warm)
+    train_steps = per_step_median(cadence, "step", warm, minus="events")
+    tokens = per_step_median(cadence, "tokens", warm)  # the same in every run (same seed, same batches)
+    data_wait = mean(per_step_median(cadence, "data", warm))
+    recipe_steps = per_step_median(paired, "step", warm)
+    bare_steps = per_step_median(paired, "bare", warm)
+    paired_tokens = per_step_median(paired, "tokens", warm)
+    outside = mean(per_step_median(paired, "step", warm, minus="inside"))
+    pairs = [sum(run["step"][i:i + 2]) / sum(run["bare"][i:i + 2])
+             for run in paired for i in range(warm, len(run["step"]) - 1, 2)]
+    overhead = statistics.median(pairs) - 1
+
+    def per_call(kind: str) -> float:
+        calls = [seconds for run in cadence for seconds in run[kind]]
+        return statistics.median(calls) if calls else float("nan")
+
+    def tokens_per_s(times: list[float], counts: list[float]) -> float:
+        n = min(len(times), len(counts))
+        return sum(counts[:n]) / sum(times[:n])
+
+    _row(f"demo cadence: steps/s (validation every epoch of {len(batches)} steps, checkpoints)",
+         1 / mean(cadence_steps), "steps / s")
+    _row("demo cadence: tokens/s (semantic targets incl. EOS)", tokens_per_s(cadence_steps, tokens),
+         "tokens / s")
+    _row("demo cadence: training steps/s (validation and checkpoints taken out)", 1 / mean(train_steps),
+         "steps / s")
+    _row("demo cadence: training tokens/s (validation and checkpoints taken out)",
+         tokens_per_s(train_steps, tokens), "tokens / s")
+    _row("demo cadence: data wait, share of a training step", 100 * data_wait / mean(train_steps), "%")
+    _row("demo cadence: data wait per step (next(loader) + to(device))", 1e3 * data_wait, "ms")
+    _row("demo cadence: one validation (all validation utterances)", 1e3 * per_call("validate"), "ms")
+    _row("demo cadence: one checkpoint (save_state + manifest + prune)", 1e3 * per_call("save"), "ms")
+    _row("demo cadence: finish (final checkpoint + exports)", 1e3 * per_call("finish"), "ms")
+    _row("training only, pre-collated batches: recipe", 1 / mean(recipe_steps), "steps / s")
+    _row("training only, pre-collated batches: recipe tokens/s", tokens_per_s(recipe_steps, paired_tokens),
+         "tokens / s")
+    _row("training only, pre-collated batches: bare loop (in lockstep)", 1 / mean(bare_steps), "steps / s")
+    _row("training only, pre-collated batches: bare loop tokens/s", tokens_per_s(bare_steps, paired_tokens),
+         "tokens / s")
+    _row("recipe per step outside train_step (loop bookkeeping)", 1e3 * outside, "ms")
+    _row("framework overhead (recipe - bare) / bare (target < 3)", 100 * overhead, "%")
+    _row("bare loop vs recipe: max |weight difference| at the end (0 = same math)",
+         max(run["weight_diff"] for run in paired), "")
+
+    device = paired[0]["device"]
+    print(f"\nS1 (GPT) demo config on {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {args.steps} steps per run ({warm} untimed), "
+          f"{args.repeats} runs of each kind; "
+          f"{mean(tokens):.0f} target tokens per step on average")
+    print(f"{'measurement':<78s} {'value':>10s}  unit")
+    for name, value, unit in RESULTS:
+        print(f"{name:<78s} {value:10.3f}  {unit}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "steps": args.steps, "warmup": warm, "repeats": args.repeats, "pair_ratios": pairs,
+            "results": [{"name": n, "value": v, "unit": u} for n, v, u in RESULTS], "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

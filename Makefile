@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU_PIN ?= torch==2.13.0
 EXTRAS ?= dev,tensorboard,text
 
-.PHONY: install test demo demo-s1 bench lint clean
+.PHONY: install test demo demo-s1 bench soak lint clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_data.py
 	$(PYTHON) benchmarks/bench_s2.py
 	$(PYTHON) benchmarks/bench_s1.py
+
+# Fault-injection soak (docs/reliability.md): one S2 demo run killed/terminated/interrupted at random
+# moments, inside saves and prunes, and given a full disk, resumed each time, then compared bitwise
+# with an uninterrupted run. A few minutes on 2 CPU cores; SOAK_ARGS="--interruptions 50 --epochs 12".
+soak: $(STAMP)
+	$(PYTHON) benchmarks/soak_s2.py $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check gsv_accel recipes tests

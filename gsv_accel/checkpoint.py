@@ -14,12 +14,28 @@ lists files whose sizes (and, when verified, sha256 hashes) match. Old checkpoin
 after the new one is complete: a folder is first renamed to `.deleting-*` (so a crash during
 deletion never leaves a complete-looking partial folder) and then removed.
 
+A save that cannot be written (disk full, I/O error, permission) raises `CheckpointWriteError` on
+EVERY process (each process catches its own error, then one all-reduced flag decides), after the main
+process removed the staging folder: no complete-looking partial is left and the earlier checkpoints
+are untouched. Failing to delete an old checkpoint afterwards is only a warning.
+
 Accelerate's `automatic_checkpoint_naming` is deliberately not used: it deletes old folders before
 writing the new one and does not restore its counter on resume (accelerate issues 3306, 1601).
+
+Fault injection (tests and `benchmarks/soak_s2.py` only; inert unless the variable is set):
+`GSV_ACCEL_FAULT=point:step[@rank][,point:step[@rank]...]` makes the save of checkpoint `step` (on
+`rank`, default every process) fail at `point`:
+
+* `kill_in_save`: SIGKILL after Accelerate wrote the staging folder, before the manifest;
+* `kill_after_manifest`: SIGKILL after the manifest was written, before the folder is renamed;
+* `kill_in_prune`: SIGKILL while old checkpoint `step` is being deleted (renamed to `.deleting-*`,
+  files not yet removed);
+* `enospc_in_save`: `OSError(ENOSPC)` after the staging files were written, as a full disk would.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -27,6 +43,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +54,78 @@ MANIFEST_FORMAT = 1
 INCOMPLETE_PREFIX = ".incomplete-"
 DELETING_PREFIX = ".deleting-"
 _NAME_RE = re.compile(r"^step_(\d{8})$")
+FAULT_ENV = "GSV_ACCEL_FAULT"
+FAULT_POINTS = ("kill_in_save", "kill_after_manifest", "kill_in_prune", "enospc_in_save")
+# Below this many free bytes after a failed write, the failure is reported as a full disk (torch.save
+# reports ENOSPC as a RuntimeError that does not say so).
+DISK_FULL_FREE_BYTES = 1 << 20
 
 logger = logging.getLogger(__name__)
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing, incomplete or corrupt; the message names the folder and the file."""
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (disk full, I/O error); raised on every process. The staging
+    folder was removed and the earlier checkpoints are intact."""
+
+    def __init__(self, message: str, folder: Path, disk_full: bool) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.disk_full = disk_full
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError from Python, RuntimeError from torch.save's zip writer,
+    SafetensorError from safetensors."""
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
+def fault_point(point: str, step: int, rank: int = 0) -> None:
+    """Fault injection for the tests and the soak run (see the module docstring); does nothing
+    unless GSV_ACCEL_FAULT names this point and step (and rank)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for entry in spec.split(","):
+        name, _, where = entry.strip().partition(":")
+        at_step, _, at_rank = where.partition("@")
+        if name not in FAULT_POINTS or not at_step.isdigit():
+            raise ValueError(f"{FAULT_ENV}={spec}: expected point:step[@rank] with a point among "
+                             f"{', '.join(FAULT_POINTS)}")
+        if name != point or int(at_step) != step or (at_rank and int(at_rank) != rank):
+            continue
+        logger.warning("%s=%s: injecting %s at step %d", FAULT_ENV, spec, point, step)
+        if point.startswith("kill_"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if point == "enospc_in_save":
+            raise OSError(errno.ENOSPC, f"No space left on device (injected by {FAULT_ENV})")
+
+
+def _looks_like_disk_full(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(err).lower()
+    if "no space left" in text or "quota exceeded" in text or "os error 28" in text:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_FREE_BYTES
+    except OSError:
+        return False
+
+
+def _any_process(accelerator, *flags: bool) -> list[bool]:
+    """Each flag OR-ed over all processes (one all-reduce when there are several)."""
+    if accelerator.num_processes == 1:
+        return list(flags)
+    import torch
+
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=accelerator.device)
+    return [bool(v > 0) for v in accelerator.reduce(values, reduction="sum").tolist()]
 
 
 def checkpoint_name(step: int) -> str:
@@ -192,28 +275,72 @@ class CheckpointManager:
         processes. Returns the final folder."""
         final = self.root / checkpoint_name(step)
         staging = self.root / f"{INCOMPLETE_PREFIX}{final.name}"
+        rank = accelerator.process_index
+        error: BaseException | None = None
+        replaced: Path | None = None
         if accelerator.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if staging.exists():
-                shutil.rmtree(staging)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                if staging.exists():
+                    shutil.rmtree(staging)
+            except OSError as err:
+                error = err
         accelerator.wait_for_everyone()
-        accelerator.save_state(output_dir=str(staging))
-        accelerator.wait_for_everyone()
+        if error is None:
+            try:
+                accelerator.save_state(output_dir=str(staging))
+                fault_point("enospc_in_save", step, rank)
+                fault_point("kill_in_save", step, rank)
+            except _write_errors() as err:
+                error = err
+        # Every process learns whether any failed before anyone goes on (no process waits forever).
+        self._raise_if_failed(accelerator, error, staging)
         if accelerator.is_main_process:
-            manifest = build_manifest(staging, step=step, epoch=epoch, metrics=dict(metrics or {}),
-                                      config_fingerprint=config_fingerprint,
-                                      world_size=accelerator.num_processes, extra=dict(extra or {}),
-                                      config=config)
-            write_json_atomic(staging / MANIFEST_NAME, manifest)
-            if final.exists():
-                # Same step saved twice (e.g. an end-of-epoch save followed by the final save):
-                # the new complete copy replaces the old one only once it is itself complete.
-                self._delete(final)
-            os.replace(staging, final)
-            _fsync_dir(self.root)
+            try:
+                manifest = build_manifest(staging, step=step, epoch=epoch, metrics=dict(metrics or {}),
+                                          config_fingerprint=config_fingerprint,
+                                          world_size=accelerator.num_processes, extra=dict(extra or {}),
+                                          config=config)
+                write_json_atomic(staging / MANIFEST_NAME, manifest)
+                fault_point("kill_after_manifest", step, rank)
+                # Same step saved twice (e.g. a best save followed by the final save): the old copy
+                # is renamed away only now, and removed once the new one is in place.
+                replaced = self._retire(final) if final.exists() else None
+                os.replace(staging, final)
+                _fsync_dir(self.root)
+            except OSError as err:
+                error = err
+                if replaced is not None and not final.exists():
+                    os.replace(replaced, final)  # put the old complete copy back
+                    replaced = None
+        self._raise_if_failed(accelerator, error, staging)
+        if accelerator.is_main_process:
+            if replaced is not None:
+                try:
+                    self._remove(replaced)
+                except OSError as err:
+                    logger.warning("could not delete the replaced copy %s: %s", replaced, err)
             self.prune()
         accelerator.wait_for_everyone()
         return final
+
+    def _raise_if_failed(self, accelerator, error: BaseException | None, staging: Path) -> None:
+        """Raise CheckpointWriteError on every process if the save failed on any; the main process
+        first removes the staging folder."""
+        local_disk_full = error is not None and _looks_like_disk_full(error, self.root)
+        failed, disk_full = _any_process(accelerator, error is not None, local_disk_full)
+        if not failed:
+            return
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        intact = [c.path.name for c in self.complete()] if self.root.is_dir() else []
+        cause = f"{type(error).__name__}: {error}" if error is not None else "failed on another process"
+        message = (f"cannot write checkpoint {staging.name[len(INCOMPLETE_PREFIX):]} in {self.root}: "
+                   + ("no space left on device (disk full); " if disk_full else "")
+                   + f"{cause}. The partial folder {staging.name} was removed; earlier checkpoints are "
+                   + (f"intact (newest {intact[0]})" if intact else "untouched (there are none)")
+                   + ". Free space or fix the folder, then continue with --resume auto.")
+        raise CheckpointWriteError(message, staging.parent, disk_full) from error
 
     # ---- finding ------------------------------------------------------------------------------
     def candidates(self) -> list[Path]:
@@ -262,7 +389,14 @@ class CheckpointManager:
         removed = []
         for info in complete:
             if info.path not in keep:
-                self._delete(info.path)
+                try:
+                    doomed = self._retire(info.path)
+                    fault_point("kill_in_prune", info.step)
+                    self._remove(doomed)
+                except OSError as err:
+                    # The new checkpoint is complete: a folder that cannot be deleted only costs space.
+                    logger.warning("could not delete old checkpoint %s: %s", info.path, err)
+                    continue
                 removed.append(info.path)
         return removed
 
@@ -275,9 +409,13 @@ class CheckpointManager:
                 logger.warning("removing leftover folder %s from an interrupted save or delete", folder)
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _delete(self, folder: Path) -> None:
+    def _retire(self, folder: Path) -> Path:
+        """Rename a checkpoint to `.deleting-*`: from then on it is never mistaken for a complete one."""
         doomed = folder.with_name(f"{DELETING_PREFIX}{folder.name}")
         if doomed.exists():
             shutil.rmtree(doomed)
         os.replace(folder, doomed)
+        return doomed
+
+    def _remove(self, doomed: Path) -> None:
         shutil.rmtree(doomed)

@@ -10,7 +10,10 @@ what every run needs around them and must do identically:
 * the boundary logic after each step and epoch: validation cadence, plateau decisions (best
   checkpoint, LR reduction, best-weight restore, early stop), interval saves, non-finite rollback,
   SIGTERM/SIGINT;
-* the end: a final checkpoint whatever the intervals, exports of the final and the best model.
+* the end: a final checkpoint whatever the intervals, exports of the final and the best model;
+* failures: a checkpoint is never written from non-finite weights (the save is skipped and logged),
+  and a save that cannot be written (disk full) ends the run with `EXIT_CODE_CHECKPOINT_WRITE`
+  (the recipe's `main` catches `CheckpointWriteError` and calls `abort_on_write_error`).
 
 The recipe plugs in three callables: `validate() -> float` (the metric, already averaged over
 processes), `export(state_source, epoch, step, tag)` and `load_weights(checkpoint_folder)` (the
@@ -24,14 +27,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
-from .checkpoint import CheckpointInfo, CheckpointManager
+from .checkpoint import CheckpointInfo, CheckpointManager, CheckpointWriteError
 from .config import CheckpointConfig, ValidationConfig, fingerprint, save_config, to_dict
 from .plateau import PlateauConfig, PlateauController
 from .tracking import TrackingConfig, new_run_id, setup_logging, start_trackers, tracker_names
 from .training import (
+    EXIT_CODE_CHECKPOINT_WRITE,
+    EXIT_CODE_NONFINITE,
     StopRequest,
     TrainingProgress,
     check_resume_config,
@@ -62,7 +68,9 @@ class TrainingSession:
         self.plateau = PlateauController(plateau)
         self.progress = TrainingProgress()
         self.stop = StopRequest()
-        self.last_metrics: dict[str, float] = {}  # latest validation, recorded in each manifest
+        # The latest validation and its step: recorded only in a checkpoint saved at that step.
+        self.last_metrics: dict[str, float] = {}
+        self.last_metrics_step: int | None = None
         self.nonfinite_total = 0  # steps skipped in this process's lifetime (logged)
         self.resume_from: CheckpointInfo | None = None
         # Set by the recipe in its setup (see the module docstring).
@@ -77,6 +85,9 @@ class TrainingSession:
         """Create the Accelerator and the run folder's logging, and decide where to resume from
         (before the recipe builds anything: the saved config decides whether the model settings may
         be used as they are)."""
+        # From here on SIGTERM/SIGINT only set the stop flag: a signal during set-up (data, models,
+        # resume) stops the run at its first step boundary with a checkpoint and the usual exit code.
+        self.stop.install()
         self.accelerator = acc = Accelerator(
             log_with=tracker_names(self.tracking_cfg) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir),
@@ -187,7 +198,7 @@ class TrainingSession:
         self.accelerator.log({monitor: metric, **self.plateau.log_values()}, step=progress.step)
         logger.info("step %d epoch %d: %s = %.5f (%s)", progress.step, progress.epoch, monitor, metric,
                     decision.reason)
-        self.last_metrics = {monitor: metric}
+        self.last_metrics, self.last_metrics_step = {monitor: metric}, progress.step
         saved = False
         if decision.is_best:
             progress.best_metric, progress.best_step = metric, progress.step
@@ -201,12 +212,24 @@ class TrainingSession:
         return ("early_stop" if decision.action == "stop" else "continue"), saved
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save(self, reason: str) -> Path:
-        """A complete checkpoint of everything needed to continue exactly (call on all processes)."""
+    def save(self, reason: str) -> Path | None:
+        """A complete checkpoint of everything needed to continue exactly (call on all processes).
+
+        Not written (None returned, error logged) when the models hold NaN/inf values: such a
+        checkpoint would become the resume and rollback point. The validation metric is recorded
+        only in a checkpoint of the step it was measured at, so "best" always means those weights.
+        Raises CheckpointWriteError (on every process) when the checkpoint cannot be written."""
         acc, progress = self.accelerator, self.progress
+        broken = self.nonfinite_weights()
+        if broken:
+            logger.error("not saving a checkpoint at step %d (%s): non-finite values in %s; the newest "
+                         "complete checkpoint stays the one to resume or roll back to", progress.step,
+                         reason, ", ".join(broken[:5]) or "another process's models")
+            return None
         progress.sampler = self.sampler.state_dict()
+        metrics = dict(self.last_metrics) if self.last_metrics_step == progress.step else {}
         path = self.checkpoints.save(
-            acc, step=progress.step, epoch=progress.epoch, metrics=dict(self.last_metrics),
+            acc, step=progress.step, epoch=progress.epoch, metrics=metrics,
             config_fingerprint=fingerprint(to_dict(self.config).get("model", {})),
             config=to_dict(self.config),
             extra={"reason": reason, "wandb_run_id": progress.run_id, "device_type": acc.device.type})
@@ -214,6 +237,23 @@ class TrainingSession:
         if self.checkpoint_cfg.export_every_save:
             self.export(None, progress.epoch, progress.step, "")
         return path
+
+    def nonfinite_weights(self) -> list[str]:
+        """Names of the prepared models' floating-point parameters and buffers holding NaN/inf
+        (all processes agree: any process's finding counts on every one)."""
+        acc = self.accelerator
+        tensors = [(f"{index}.{name}" if index else name, tensor)
+                   for index, model in enumerate(acc._models)
+                   for name, tensor in acc.unwrap_model(model).state_dict().items()
+                   if tensor.is_floating_point()]
+        broken: list[str] = []
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+            broken = [name for name, t in tensors if not bool(torch.isfinite(t).all())]
+        if acc.num_processes > 1:
+            flag = torch.tensor([1.0 if broken else 0.0], device=acc.device)
+            if acc.reduce(flag, reduction="sum").item() > 0 and not broken:
+                broken = [""]  # broken on another process only
+        return broken
 
     def rollback(self) -> str:
         """Return to the last complete checkpoint after repeated non-finite steps, with the LR scale
@@ -223,9 +263,14 @@ class TrainingSession:
         if target is None:
             logger.error("no complete checkpoint to roll back to: stopping")
             return "nonfinite"
+        scale_before = self.plateau.lr_scale
         self.accelerator.load_state(str(target.path))
         self.sampler.load_state_dict(self.progress.sampler)
         self.progress.nonfinite_steps = 0
+        self.last_metrics_step = None
+        # load_state restored the checkpoint's LR scale: continue from the lower of the two, so that
+        # repeated rollbacks keep lowering it (and end at min_lr_scale) instead of cycling forever.
+        self.plateau.lr_scale = min(self.plateau.lr_scale, scale_before)
         scaled = self.plateau.scale_down(self.rollback_lr_factor)
         if scaled is None:
             logger.error("rolled back to %s but the LR scale is already at plateau.min_lr_scale: "
@@ -260,3 +305,23 @@ class TrainingSession:
         logger.info("training stopped: %s at step %d, epoch %d", reason, progress.step, progress.epoch)
         self.stop.restore()
         acc.end_training()
+
+    def exit_code(self, reason: str) -> int:
+        """The process exit code for how the run ended (see docs/reliability.md): 0 finished or early
+        stop, 128 + signal number after SIGTERM/SIGINT, EXIT_CODE_NONFINITE after non-finite losses."""
+        if reason == "signal":
+            return self.stop.exit_code
+        return EXIT_CODE_NONFINITE if reason == "nonfinite" else 0
+
+    def abort_on_write_error(self, err: CheckpointWriteError) -> int:
+        """End a run whose checkpoint could not be written (all processes): log, end the trackers,
+        return EXIT_CODE_CHECKPOINT_WRITE. Later saves would fail too, so training does not go on."""
+        logger.error("%s", err)
+        logger.error("training stopped: checkpoint could not be written at step %d; nothing after the "
+                     "newest complete checkpoint was kept", self.progress.step)
+        self.stop.restore()
+        try:
+            self.accelerator.end_training()
+        except (OSError, RuntimeError) as end_err:  # a tracker flushing to the same full disk
+            logger.warning("ending the trackers failed too: %s", end_err)
+        return EXIT_CODE_CHECKPOINT_WRITE

@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 # 128 + signal number, so schedulers see the usual values).
 EXIT_CODE_SIGTERM = 128 + signal.SIGTERM
 EXIT_CODE_SIGINT = 128 + signal.SIGINT
+# The run stopped because of non-finite losses (train.on_nonfinite=stop, or no rollback left).
+EXIT_CODE_NONFINITE = 3
+# A checkpoint could not be written (disk full, I/O error): sysexits' EX_IOERR. The partial save was
+# removed and the earlier checkpoints are intact; free space and `--resume auto`.
+EXIT_CODE_CHECKPOINT_WRITE = 74
 
 
 @dataclass
@@ -62,6 +67,9 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> StopRequest:
+        """Install the handlers (once: a second call changes nothing)."""
+        if self._previous:
+            return self
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -89,6 +97,7 @@ class StopRequest:
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous.clear()
 
 
 def resolve_resume(resume: str | None, manager: CheckpointManager) -> CheckpointInfo | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -165,3 +166,51 @@ def test_inspect_shows_manifest_and_reports_a_corrupt_file(tmp_path, accel_parts
     (folder / MANIFEST_NAME).unlink()
     assert main(["inspect", str(folder)]) == 1
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_a_save_that_cannot_be_written_leaves_no_partial_and_keeps_the_earlier_ones(
+        tmp_path, accel_parts, monkeypatch):
+    import errno
+
+    from gsv_accel.checkpoint import CheckpointWriteError
+
+    accelerator, model, optimizer, _ = accel_parts
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save(accelerator, step=1, epoch=0, metrics={"val/mel_loss": 0.5})
+    real_save_state = accelerator.save_state
+
+    def full_disk(output_dir):
+        real_save_state(output_dir=output_dir)  # the files are written, then the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(accelerator, "save_state", full_disk)
+    monkeypatch.setattr("gsv_accel.checkpoint.shutil.disk_usage",
+                        lambda path: _disk_usage(total=10, used=10, free=0))
+    with pytest.raises(CheckpointWriteError, match="no space left on device") as raised:
+        manager.save(accelerator, step=2, epoch=0)
+    assert raised.value.disk_full and "intact (newest step_00000001)" in str(raised.value)
+    assert sorted(p.name for p in manager.root.iterdir()) == [checkpoint_name(1)]
+    verify_checkpoint(manager.root / checkpoint_name(1))
+
+    # Replacing the same step: a failure before the new copy is in place puts the old one back.
+    monkeypatch.setattr(accelerator, "save_state", real_save_state)
+    monkeypatch.setattr("gsv_accel.checkpoint.os.replace", _fail_on_staging(os.replace, errno.EIO))
+    with pytest.raises(CheckpointWriteError, match="Input/output error"):
+        manager.save(accelerator, step=1, epoch=0)
+    assert sorted(p.name for p in manager.root.iterdir()) == [checkpoint_name(1)]
+    assert verify_checkpoint(manager.root / checkpoint_name(1)).metrics == {"val/mel_loss": 0.5}
+
+
+def _disk_usage(total: int, used: int, free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(total, used, free)
+
+
+def _fail_on_staging(replace, code: int):
+    def fake(src, dst):
+        if str(src).rsplit("/", 1)[-1].startswith(".incomplete-"):
+            raise OSError(code, os.strerror(code))
+        return replace(src, dst)
+
+    return fake

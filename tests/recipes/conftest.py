@@ -59,9 +59,10 @@ class S2Run:
                         f"--nproc_per_node={processes}", str(self.recipe)]
         return [*launcher, "--config", str(self.config), *self.overrides, *extra]
 
-    def run(self, *extra: str, processes: int = 1, expect: int = 0, timeout: float = 600
-            ) -> subprocess.CompletedProcess:
-        env = recipe_env()
+    def run(self, *extra: str, processes: int = 1, expect: int = 0, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run to the end; `env` adds variables (e.g. GSV_ACCEL_FAULT for fault injection)."""
+        env = {**recipe_env(), **(env or {})}
         if processes > 1:
             env["ACCELERATE_USE_CPU"] = "true"
         result = subprocess.run(self.command(*extra, processes=processes), cwd=REPO, env=env,
@@ -71,8 +72,8 @@ class S2Run:
                                  f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
         return result
 
-    def start(self, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(self.command(*extra), cwd=REPO, env=recipe_env(),
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*extra), cwd=REPO, env={**recipe_env(), **(env or {})},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_for_log(self, text: str, process: subprocess.Popen, timeout: float = 300) -> None:

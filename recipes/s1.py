@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from gsv_accel.checkpoint import CheckpointError
+from gsv_accel.checkpoint import CheckpointError, CheckpointWriteError
 from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config, to_dict
 from gsv_accel.data.dataset import DatasetCompatibilityError, load_prepared
 from gsv_accel.data.s1 import S1Collate, S1Filter, filter_items
@@ -276,7 +276,7 @@ class S1Recipe:
         bar.close()
         reason = "finished" if outcome == "continue" else outcome
         session.finish(reason)
-        return session.stop.exit_code if reason == "signal" else 0
+        return session.exit_code(reason)
 
     def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, float], bool]:
         """One optimizer step over `grad_accum` micro-batches. Returns the values to log and whether
@@ -407,7 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", err)
         print(f"s1: error: {err}", file=sys.stderr)
         return EXIT_CODE_USER_ERROR
-    return recipe.train()
+    try:
+        return recipe.train()
+    except CheckpointWriteError as err:
+        # Disk full (or another write error) during a save: stop, since later saves would fail too.
+        print(f"s1: error: {err}", file=sys.stderr)
+        return recipe.session.abort_on_write_error(err)
 
 
 if __name__ == "__main__":

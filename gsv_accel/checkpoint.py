@@ -270,9 +270,12 @@ class CheckpointManager:
     # ---- saving -------------------------------------------------------------------------------
     def save(self, accelerator, *, step: int, epoch: int, metrics: dict[str, float] | None = None,
              config_fingerprint: str = "", config: dict[str, Any] | None = None,
-             extra: dict[str, Any] | None = None) -> Path:
+             extra: dict[str, Any] | None = None, extra_states: dict[str, Any] | None = None) -> Path:
         """Write a complete checkpoint of everything registered with `accelerator`. Call on ALL
-        processes. Returns the final folder."""
+        processes. Returns the final folder.
+
+        `extra_states` maps a subfolder name to another Accelerator (e.g. the discriminator's own
+        DeepSpeed engine) whose `save_state` goes into that subfolder, before the manifest."""
         final = self.root / checkpoint_name(step)
         staging = self.root / f"{INCOMPLETE_PREFIX}{final.name}"
         rank = accelerator.process_index
@@ -289,6 +292,8 @@ class CheckpointManager:
         if error is None:
             try:
                 accelerator.save_state(output_dir=str(staging))
+                for sub, other in (extra_states or {}).items():
+                    other.save_state(output_dir=str(staging / sub))
                 fault_point("enospc_in_save", step, rank)
                 fault_point("kill_in_save", step, rank)
             except _write_errors() as err:

@@ -79,16 +79,29 @@ class TrainingSession:
         self.validate: Callable[[], float] | None = None
         self.export: Callable[..., Path | None] | None = None
         self.load_weights: Callable[[Path], None] | None = None
+        # Extra Accelerators (one DeepSpeed engine each) saved/loaded in checkpoint subfolders.
+        self.extra_states: dict[str, Accelerator] = {}
 
     # ------------------------------------------------------------------------------ start-up
-    def start(self, resume: str | None) -> Accelerator:
+    def start(self, resume: str | None, deepspeed_models: Sequence[str] = ()) -> Accelerator:
         """Create the Accelerator and the run folder's logging, and decide where to resume from
         (before the recipe builds anything: the saved config decides whether the model settings may
-        be used as they are)."""
+        be used as they are).
+
+        `deepspeed_models` names the models that get their own DeepSpeed engine when launched with a
+        DeepSpeed config (one plugin each, see `gsv_accel.deepspeed_support`); the recipe creates the
+        extra Accelerators and lists them in `extra_states` so checkpoints cover them."""
         # From here on SIGTERM/SIGINT only set the stop flag: a signal during set-up (data, models,
         # resume) stops the run at its first step boundary with a checkpoint and the usual exit code.
         self.stop.install()
+        plugins = {}
+        if deepspeed_models:
+            from gsv_accel.deepspeed_support import deepspeed_requested, make_plugins
+
+            if deepspeed_requested():
+                plugins["deepspeed_plugins"] = make_plugins(deepspeed_models)
         self.accelerator = acc = Accelerator(
+            **plugins,
             log_with=tracker_names(self.tracking_cfg) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir),
                                                 logging_dir=str(self.run_dir / "tensorboard")),
@@ -118,7 +131,7 @@ class TrainingSession:
         for obj in (*stateful, self.progress, self.plateau):
             acc.register_for_checkpointing(obj)
         if self.resume_from is not None:
-            acc.load_state(str(self.resume_from.path))
+            self._load_state(self.resume_from.path)
             ensure_rng_restored(self.resume_from, acc.process_index, self.seed, acc.device.type)
             self.sampler.load_state_dict(self.progress.sampler)
             logger.info("resumed from %s: step %d, epoch %d", self.resume_from.path, self.progress.step,
@@ -232,18 +245,26 @@ class TrainingSession:
             acc, step=progress.step, epoch=progress.epoch, metrics=metrics,
             config_fingerprint=fingerprint(to_dict(self.config).get("model", {})),
             config=to_dict(self.config),
-            extra={"reason": reason, "wandb_run_id": progress.run_id, "device_type": acc.device.type})
+            extra={"reason": reason, "wandb_run_id": progress.run_id, "device_type": acc.device.type},
+            extra_states=self.extra_states)
         logger.info("saved checkpoint %s (%s)", path.name, reason)
         if self.checkpoint_cfg.export_every_save:
             self.export(None, progress.epoch, progress.step, "")
         return path
+
+    def _load_state(self, folder: Path) -> None:
+        """`load_state` of the main Accelerator and of each extra one from its subfolder."""
+        self.accelerator.load_state(str(folder))
+        for sub, other in self.extra_states.items():
+            other.load_state(str(Path(folder) / sub))
 
     def nonfinite_weights(self) -> list[str]:
         """Names of the prepared models' floating-point parameters and buffers holding NaN/inf
         (all processes agree: any process's finding counts on every one)."""
         acc = self.accelerator
         tensors = [(f"{index}.{name}" if index else name, tensor)
-                   for index, model in enumerate(acc._models)
+                   for index, model in enumerate(
+                       [*acc._models, *(m for other in self.extra_states.values() for m in other._models)])
                    for name, tensor in acc.unwrap_model(model).state_dict().items()
                    if tensor.is_floating_point()]
         broken: list[str] = []
@@ -264,7 +285,7 @@ class TrainingSession:
             logger.error("no complete checkpoint to roll back to: stopping")
             return "nonfinite"
         scale_before = self.plateau.lr_scale
-        self.accelerator.load_state(str(target.path))
+        self._load_state(target.path)
         self.sampler.load_state_dict(self.progress.sampler)
         self.progress.nonfinite_steps = 0
         self.last_metrics_step = None

@@ -9,7 +9,12 @@ and fp16 with one loss scaler shared correctly by the two optimizers (stepped on
 as the official trainer does). Gradient clipping (`train.grad_clip`) and accumulation
 (`train.grad_accum`). Exact resume from complete checkpoints (`--resume auto` or a folder), also
 after moving the run or the dataset, on another device type or another number of processes.
-Refuses: changing model-shape settings on resume (names the keys); DeepSpeed (not yet).
+DeepSpeed ZeRO stage 1/2 (`recipes/accelerate/deepspeed_zero*.yaml`): one engine per model (two
+Accelerators), DeepSpeed checkpoints (the discriminator's in `discriminator/`), consolidated fp32
+weights for exports; DeepSpeed clips (`train.grad_clip`) and steps inside `backward` (so a non-finite
+loss is counted but its step is not skipped).
+Refuses: changing model-shape settings on resume (names the keys); under DeepSpeed, fp16/bf16 (16-bit
+weights break the quantizer) and `train.grad_accum` > 1.
 
 The loop follows the official `s2_train.py`: per batch a discriminator step (LSGAN), then a generator
 step (mel L1 x c_mel + KL x c_kl + feature matching + adversarial + commitment), AdamW (0.8, 0.99),
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -199,14 +205,40 @@ class S2Recipe:
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         session = self.session
-        self.accelerator = acc = session.start(self.resume)
+        self.accelerator = acc = session.start(self.resume, deepspeed_models=("generator", "discriminator"))
+        self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+        if self.deepspeed:
+            from gsv_accel import deepspeed_support as ds
+
+            if self.cfg.train.grad_accum != 1:
+                raise ConfigError("train.grad_accum must be 1 under DeepSpeed (it steps inside backward)")
+            if acc.mixed_precision != "no":
+                # DeepSpeed's bf16/fp16 sections cast the whole model, buffers included, to 16 bits;
+                # the quantizer computes in fp32 against its codebook buffer and fails.
+                raise ConfigError(f"DeepSpeed with mixed precision {acc.mixed_precision!r} is not supported "
+                                  "by the S2 recipe yet (its 16-bit weights break the quantizer's fp32 "
+                                  "computation): use mixed_precision 'no' with DeepSpeed, or bf16/fp16 "
+                                  "without DeepSpeed")
+            ds.configure_plugins(acc, micro_batch_size=self.cfg.data.batch_size,
+                                 grad_clip=self.cfg.train.grad_clip)
         self._setup_data()
         # Models before optimizers: the optimizer's param groups refer to the (frozen or not) params.
         self._setup_models()
         self._setup_optimizers()
         # One prepare per model keeps the G/D pairing explicit (and is what DeepSpeed will need).
         self.net_g, self.optim_g = acc.prepare(self.net_g, self.optim_g)
-        self.net_d, self.optim_d = acc.prepare(self.net_d, self.optim_d)
+        if self.deepspeed:
+            # One DeepSpeed engine per Accelerator: D gets its own, saved in checkpoints' discriminator/.
+            self.acc_d, self.net_d, self.optim_d = ds.prepare_on_own_engine(acc, "discriminator", self.net_d,
+                                                                            self.optim_d)
+            session.extra_states = {"discriminator": self.acc_d}
+            # G's adversarial pass calls D's module, not its engine: the engine's forward hooks would
+            # run D's gradient epilogue inside G's backward (IndexError in ZeRO-2's reduce_ipg_grads).
+            self.d_for_g = self.acc_d.unwrap_model(self.net_d)
+        else:
+            self.acc_d = acc
+            self.net_d, self.optim_d = acc.prepare(self.net_d, self.optim_d)
+            self.d_for_g = self.net_d
         # The per-epoch schedulers are NOT passed to prepare (Accelerate would step them once per
         # process); the session registers them for checkpointing with its own state.
         session.sampler = self.sampler
@@ -340,7 +372,7 @@ class S2Recipe:
                 with acc.autocast():
                     real_scores, fake_scores, _, _ = self.net_d(real, out.wav.detach())
                 loss_disc = discriminator_lsgan_loss(real_scores, fake_scores)
-                acc.backward(loss_disc / n)
+                self.acc_d.backward(loss_disc / n)
             bad_d = bad_d or not bool(torch.isfinite(loss_disc))
             if last:
                 # D steps as soon as its gradients are complete, before G's adversarial pass, as in
@@ -353,7 +385,7 @@ class S2Recipe:
             self.net_d.requires_grad_(False)
             with acc.no_sync(self.net_d), (acc.no_sync(self.net_g) if not last else nullcontext()):
                 with acc.autocast():
-                    _, fake_scores, real_maps, fake_maps = self.net_d(real, out.wav)
+                    _, fake_scores, real_maps, fake_maps = self.d_for_g(real, out.wav)
                 mel_real = slice_segments(self.features.linear_to_mel(batch["spec"].float()),
                                           out.slice_starts, self.cfg.model.segment_size)
                 mel_fake = self.features.mel(out.wav.squeeze(1).float())
@@ -392,6 +424,11 @@ class S2Recipe:
         handle (it skips the step and lowers the scale), so only a non-finite loss counts there.
         """
         acc = self.accelerator
+        if self.deepspeed:
+            # The engine already clipped and stepped in `backward`; only the norm is left to report.
+            from gsv_accel.deepspeed_support import global_grad_norm
+
+            return global_grad_norm(model), bad_loss
         scaler = acc.scaler
         if scaler is not None:
             scaler.unscale_(optimizer.optimizer)
@@ -453,6 +490,12 @@ class S2Recipe:
     # --------------------------------------------------------------------------------- weights
     def load_weights(self, checkpoint: Path) -> None:
         """Generator and discriminator weights from a checkpoint folder (best-weight restore)."""
+        if self.deepspeed:
+            from gsv_accel.deepspeed_support import consolidated_state_dict, load_into_engine
+
+            for model, folder in ((self.net_g, checkpoint), (self.net_d, checkpoint / "discriminator")):
+                load_into_engine(self.accelerator, model, consolidated_state_dict(folder))
+            return
         for model, file in ((self.net_g, "model.safetensors"), (self.net_d, "model_1.safetensors")):
             self.accelerator.unwrap_model(model).load_state_dict(load_file(str(checkpoint / file)))
 
@@ -464,6 +507,10 @@ class S2Recipe:
             return None
         if checkpoint is None:
             state_dict = self.accelerator.unwrap_model(self.net_g).state_dict()
+        elif self.deepspeed:
+            from gsv_accel.deepspeed_support import consolidated_state_dict
+
+            state_dict = consolidated_state_dict(checkpoint)
         else:
             state_dict = load_file(str(checkpoint / "model.safetensors"))
         broken = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]

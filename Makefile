@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch is pinned where no NVIDIA GPU is present; GPU users install their own
 # torch build first (`make install` then keeps it).
 TORCH_CPU_PIN ?= torch==2.13.0
-EXTRAS ?= dev,tensorboard,text
+EXTRAS ?= dev,tensorboard,text,deepspeed
 
 .PHONY: install test demo demo-s1 bench soak lint clean
 

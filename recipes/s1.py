@@ -48,6 +48,7 @@ from gsv_accel.models.gpt.model import top_k_accuracy
 from gsv_accel.plateau import PlateauConfig
 from gsv_accel.session import TrainingSession
 from gsv_accel.tracking import TrackingConfig
+from gsv_accel.training import exit_process
 
 logger = logging.getLogger("recipes.s1")
 USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
@@ -416,4 +417,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -64,6 +64,7 @@ from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAU
 from gsv_accel.plateau import PlateauConfig
 from gsv_accel.session import TrainingSession
 from gsv_accel.tracking import TrackingConfig, log_media
+from gsv_accel.training import exit_process
 
 logger = logging.getLogger("recipes.s2")
 USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
@@ -558,4 +559,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

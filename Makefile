@@ -13,7 +13,7 @@ EXTRAS ?= dev,tensorboard,text,deepspeed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointInfo, CheckpointManager, CheckpointWriteError
 from .config import CheckpointConfig, ValidationConfig, fingerprint, save_config, to_dict
@@ -175,6 +176,59 @@ class TrainingSession:
         for scheduler in self.schedulers:
             scheduler.step()
         self.plateau.scale_learning_rates(self.schedulers)
+
+    def run(self, loader, train_step: Callable[[list], tuple[dict[str, float], bool]], *, epochs: int,
+            grad_accum: int, max_steps: int | None, log_every: int, desc: str,
+            postfix: Callable[[dict[str, float]], dict[str, str]], schedule_per_step: bool) -> int:
+        """The epoch loop both recipes run; returns the process exit code.
+
+        `train_step(micro_batches)` does one optimizer step over `grad_accum` batches and returns
+        (values to log, skipped). Per-step schedules (S1's warmup + cosine) advance after every
+        optimizer step, per-epoch ones (S2's ExponentialLR) at the end of each epoch; the plateau
+        scale stays on top of both. After each step and epoch `after_step` validates, decides and
+        saves; a rollback reloads the last checkpoint and the loop goes on from its position.
+        """
+        acc, progress, sampler = self.accelerator, self.progress, self.sampler
+        total_steps = sampler.steps_per_epoch() // grad_accum * epochs
+        if max_steps is not None:
+            total_steps = min(total_steps, max_steps)
+        bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process, desc=desc,
+                   dynamic_ncols=True)
+        outcome = "continue"
+        while progress.epoch < epochs and outcome == "continue":
+            if sampler.epoch != progress.epoch:
+                sampler.set_epoch(progress.epoch)
+            micro_batches = []
+            for batch in loader:
+                micro_batches.append(batch)
+                if len(micro_batches) < grad_accum:
+                    continue
+                logs, skipped = train_step(micro_batches)
+                micro_batches = []
+                sampler.advance(grad_accum)
+                self.record_step(skipped)
+                if schedule_per_step:
+                    self.step_schedulers()
+                bar.update(1)
+                if progress.step % log_every == 0:
+                    logs["train/nonfinite_steps_total"] = float(self.nonfinite_total)
+                    acc.log(logs, step=progress.step)
+                    bar.set_postfix(postfix(logs), refresh=False)
+                outcome = self.after_step(epoch_end=False, max_steps=max_steps)
+                if outcome != "continue":
+                    break
+            else:
+                # The epoch ran to its end: per-epoch LR decay, then epoch-level validation and saves.
+                self.end_epoch(step_schedulers=not schedule_per_step)
+                outcome = self.after_step(epoch_end=True)
+            if outcome == "rollback":
+                outcome = self.rollback()
+                bar.n = progress.step
+                bar.refresh()
+        bar.close()
+        reason = "finished" if outcome == "continue" else outcome
+        self.finish(reason)
+        return self.exit_code(reason)
 
     def after_step(self, epoch_end: bool, max_steps: int | None = None) -> str:
         """Validation, plateau decisions, interval saves and stop checks at a step or epoch boundary.

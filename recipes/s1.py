@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from gsv_accel.checkpoint import CheckpointError, CheckpointWriteError
 from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config, to_dict
@@ -235,49 +234,14 @@ class S1Recipe:
     # ------------------------------------------------------------------------------------ train
     def train(self) -> int:
         """Run to the end (or an early stop / signal). Returns the process exit code."""
-        cfg, acc, session = self.cfg, self.accelerator, self.session
-        progress = session.progress
-        session.stop.install()
-        total_steps = self.sampler.steps_per_epoch() // cfg.train.grad_accum * cfg.train.epochs
-        if cfg.train.max_steps is not None:
-            total_steps = min(total_steps, cfg.train.max_steps)
-        bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process,
-                   desc="s1", dynamic_ncols=True)
-        outcome = "continue"
-        while progress.epoch < cfg.train.epochs and outcome == "continue":
-            if self.sampler.epoch != progress.epoch:
-                self.sampler.set_epoch(progress.epoch)
-            micro_batches = []
-            for batch in self.loader:
-                micro_batches.append(batch)
-                if len(micro_batches) < cfg.train.grad_accum:
-                    continue
-                logs, skipped = self.train_step(micro_batches)
-                micro_batches = []
-                self.sampler.advance(cfg.train.grad_accum)
-                session.record_step(skipped)
-                # Per-step schedule (warmup + cosine), the plateau scale on top.
-                session.step_schedulers()
-                bar.update(1)
-                if progress.step % cfg.train.log_every_n_steps == 0:
-                    logs["train/nonfinite_steps_total"] = float(session.nonfinite_total)
-                    acc.log(logs, step=progress.step)
-                    bar.set_postfix(loss=f"{logs['train/loss_per_token']:.3f}",
-                                    acc=f"{logs['train/top3_acc']:.3f}")
-                outcome = session.after_step(epoch_end=False, max_steps=cfg.train.max_steps)
-                if outcome != "continue":
-                    break
-            else:
-                session.end_epoch(step_schedulers=False)
-                outcome = session.after_step(epoch_end=True)
-            if outcome == "rollback":
-                outcome = session.rollback()
-                bar.n = progress.step
-                bar.refresh()
-        bar.close()
-        reason = "finished" if outcome == "continue" else outcome
-        session.finish(reason)
-        return session.exit_code(reason)
+        tc = self.cfg.train
+        return self.session.run(
+            self.loader, self.train_step, epochs=tc.epochs, grad_accum=tc.grad_accum,
+            max_steps=tc.max_steps, log_every=tc.log_every_n_steps, desc="s1",
+            postfix=lambda logs: {"loss": f"{logs['train/loss_per_token']:.3f}",
+                                  "acc": f"{logs['train/top3_acc']:.3f}"},
+            # Warmup + cosine advance per optimizer step.
+            schedule_per_step=True)
 
     def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, float], bool]:
         """One optimizer step over `grad_accum` micro-batches. Returns the values to log and whether

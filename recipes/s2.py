@@ -37,7 +37,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
 from gsv_accel.checkpoint import CheckpointError, CheckpointWriteError
@@ -305,48 +304,14 @@ class S2Recipe:
     # ------------------------------------------------------------------------------------ train
     def train(self) -> int:
         """Run to the end (or an early stop / signal). Returns the process exit code."""
-        cfg, acc, session = self.cfg, self.accelerator, self.session
-        progress = session.progress
-        session.stop.install()
-        steps_per_epoch = self.sampler.steps_per_epoch() // cfg.train.grad_accum
-        total_steps = steps_per_epoch * cfg.train.epochs
-        if cfg.train.max_steps is not None:
-            total_steps = min(total_steps, cfg.train.max_steps)
-        bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process,
-                   desc="s2", dynamic_ncols=True)
-        outcome = "continue"
-        while progress.epoch < cfg.train.epochs and outcome == "continue":
-            if self.sampler.epoch != progress.epoch:
-                self.sampler.set_epoch(progress.epoch)
-            micro_batches = []
-            for batch in self.loader:
-                micro_batches.append(batch)
-                if len(micro_batches) < cfg.train.grad_accum:
-                    continue
-                logs, skipped = self.train_step(micro_batches)
-                micro_batches = []
-                self.sampler.advance(cfg.train.grad_accum)
-                session.record_step(skipped)
-                bar.update(1)
-                if progress.step % cfg.train.log_every_n_steps == 0:
-                    logs["train/nonfinite_steps_total"] = float(session.nonfinite_total)
-                    acc.log(logs, step=progress.step)
-                    bar.set_postfix(mel=f"{logs['train/loss_mel']:.3f}", d=f"{logs['train/loss_disc']:.3f}")
-                outcome = session.after_step(epoch_end=False, max_steps=cfg.train.max_steps)
-                if outcome != "continue":
-                    break
-            else:
-                # The epoch ran to its end: LR decay, then epoch-level validation and saves.
-                session.end_epoch()
-                outcome = session.after_step(epoch_end=True)
-            if outcome == "rollback":
-                outcome = session.rollback()
-                bar.n = progress.step
-                bar.refresh()
-        bar.close()
-        reason = "finished" if outcome == "continue" else outcome
-        session.finish(reason)
-        return session.exit_code(reason)
+        tc = self.cfg.train
+        return self.session.run(
+            self.loader, self.train_step, epochs=tc.epochs, grad_accum=tc.grad_accum,
+            max_steps=tc.max_steps, log_every=tc.log_every_n_steps, desc="s2",
+            postfix=lambda logs: {"mel": f"{logs['train/loss_mel']:.3f}",
+                                  "d": f"{logs['train/loss_disc']:.3f}"},
+            # ExponentialLR decays per epoch, as in the official trainer.
+            schedule_per_step=False)
 
     def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, float], bool]:
         """One optimizer step of D then G over `grad_accum` micro-batches (the official order for

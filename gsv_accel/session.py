@@ -22,7 +22,9 @@ models' weights from a checkpoint, for best-weight restore).
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,24 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointInfo, CheckpointManager, CheckpointWriteError
-from .config import CheckpointConfig, ValidationConfig, fingerprint, save_config, to_dict
+from .checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, CheckpointWriteError
+from .config import (
+    CheckpointConfig,
+    ConfigError,
+    ValidationConfig,
+    fingerprint,
+    load_config,
+    save_config,
+    to_dict,
+)
+from .data.dataset import DatasetCompatibilityError
+from .formats import GSVFormatError
 from .plateau import PlateauConfig, PlateauController
 from .tracking import TrackingConfig, new_run_id, setup_logging, start_trackers, tracker_names
 from .training import (
     EXIT_CODE_CHECKPOINT_WRITE,
     EXIT_CODE_NONFINITE,
+    EXIT_CODE_USER_ERROR,
     StopRequest,
     TrainingProgress,
     check_resume_config,
@@ -49,6 +62,10 @@ from .training import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Errors in what the user gave us (config, checkpoint, dataset, weights file), found before training:
+# one clear message and EXIT_CODE_USER_ERROR, no traceback.
+USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
 
 
 class TrainingSession:
@@ -400,3 +417,37 @@ class TrainingSession:
         except (OSError, RuntimeError) as end_err:  # a tracker flushing to the same full disk
             logger.warning("ending the trackers failed too: %s", end_err)
         return EXIT_CODE_CHECKPOINT_WRITE
+
+
+def nonfinite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN/inf (such weights are never exported)."""
+    return [key for key, tensor in state_dict.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def run_recipe(name: str, description: str, config_class: type, recipe_class: type, default_config: Path,
+               argv: list[str] | None = None) -> int:
+    """A recipe's command line, `[--config FILE] [--resume auto|PATH] [section.key=value ...]`: load the
+    config, `recipe_class(cfg, resume=...).setup()`, then `.train()`. Returns the exit code: the
+    training's, EXIT_CODE_USER_ERROR for bad input found during set-up, EXIT_CODE_CHECKPOINT_WRITE when
+    a checkpoint cannot be written (later saves would fail too, so the run stops)."""
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument("--config", type=Path, default=default_config, help="YAML config (default: demo)")
+    parser.add_argument("--resume", default=None,
+                        help="'auto' (latest complete checkpoint of the run, fresh start if none) or a "
+                             "checkpoint folder")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(config_class, args.config, args.overrides)
+        recipe = recipe_class(cfg, resume=args.resume)
+        recipe.setup()
+    except USER_ERRORS as err:
+        logger.error("%s", err)
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return EXIT_CODE_USER_ERROR
+    try:
+        return recipe.train()
+    except CheckpointWriteError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return recipe.session.abort_on_write_error(err)

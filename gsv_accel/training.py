@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 # 128 + signal number, so schedulers see the usual values).
 EXIT_CODE_SIGTERM = 128 + signal.SIGTERM
 EXIT_CODE_SIGINT = 128 + signal.SIGINT
+# Bad input found before training starts (config, checkpoint, dataset, weights file): one message.
+EXIT_CODE_USER_ERROR = 2
 # The run stopped because of non-finite losses (train.on_nonfinite=stop, or no rollback left).
 EXIT_CODE_NONFINITE = 3
 # A checkpoint could not be written (disk full, I/O error): sysexits' EX_IOERR. The partial save was

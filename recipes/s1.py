@@ -25,33 +25,29 @@ config with `data.max_sec`, info `GPT-e<epoch>`), loadable with the official
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-from gsv_accel.checkpoint import CheckpointError, CheckpointWriteError
-from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config, to_dict
+from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, to_dict
 from gsv_accel.data.dataset import DatasetCompatibilityError, load_prepared
 from gsv_accel.data.s1 import S1Collate, S1Filter, filter_items
 from gsv_accel.data.sampler import LengthBucketBatchSampler
-from gsv_accel.formats import GSVFormatError, export_gpt, gpt_export_info, gpt_export_name, load_weights_into
+from gsv_accel.formats import export_gpt, gpt_export_info, gpt_export_name, load_weights_into
 from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
 from gsv_accel.models.gpt.model import top_k_accuracy
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.session import TrainingSession
+from gsv_accel.session import TrainingSession, nonfinite_tensors, run_recipe
 from gsv_accel.tracking import TrackingConfig
 from gsv_accel.training import exit_process
 
 logger = logging.getLogger("recipes.s1")
-USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
-EXIT_CODE_USER_ERROR = 2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "s1_demo.yaml"
 
@@ -164,6 +160,10 @@ class S1Recipe:
     def setup(self) -> None:
         session = self.session
         self.accelerator = acc = session.start(self.resume)
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # Checkpoint weights, exports and best-weight restore here read plain (non-DeepSpeed) files.
+            raise ConfigError("the S1 recipe does not run under DeepSpeed; the GPT stage fits on one GPU: "
+                              "launch it with recipes/accelerate/single_gpu.yaml or multi_gpu.yaml (DDP)")
         self._setup_data()
         self.model = Text2SemanticDecoder(self.cfg.model)
         if self.cfg.train.pretrained_s1 and not session.resuming:
@@ -338,7 +338,7 @@ class S1Recipe:
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         else:
             state_dict = load_file(str(checkpoint / "model.safetensors"))
-        broken = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        broken = nonfinite_tensors(state_dict)
         if broken:
             logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
             return None
@@ -352,32 +352,8 @@ class S1Recipe:
 # ------------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: demo)")
-    parser.add_argument("--resume", default=None,
-                        help="'auto' (latest complete checkpoint of the run, fresh start if none) or a "
-                             "checkpoint folder")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(S1Config, args.config, args.overrides)
-        recipe = S1Recipe(cfg, resume=args.resume)
-        recipe.setup()
-    except USER_ERRORS as err:
-        logger.error("%s", err)
-        print(f"s1: error: {err}", file=sys.stderr)
-        return EXIT_CODE_USER_ERROR
-    try:
-        return recipe.train()
-    except CheckpointWriteError as err:
-        # Disk full (or another write error) during a save: stop, since later saves would fail too.
-        print(f"s1: error: {err}", file=sys.stderr)
-        return recipe.session.abort_on_write_error(err)
+    return run_recipe("s1", __doc__.splitlines()[0], S1Config, S1Recipe, DEFAULT_CONFIG, argv)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ as the official trainer does). Gradient clipping (`train.grad_clip`) and accumul
 after moving the run or the dataset, on another device type or another number of processes.
 DeepSpeed ZeRO stage 1/2 (`recipes/accelerate/deepspeed_zero*.yaml`): one engine per model (two
 Accelerators), DeepSpeed checkpoints (the discriminator's in `discriminator/`), consolidated fp32
-weights for exports; DeepSpeed clips (`train.grad_clip`) and steps inside `backward` (so a non-finite
-loss is counted but its step is not skipped).
-Refuses: changing model-shape settings on resume (names the keys); under DeepSpeed, fp16/bf16 (16-bit
-weights break the quantizer) and `train.grad_accum` > 1.
+weights for exports; DeepSpeed clips (`train.grad_clip`), accumulates (`train.grad_accum`), skips a
+step whose gradient norm is not finite, and runs bf16 as `torch_autocast` (fp32 weights).
+Refuses: changing model-shape settings on resume (names the keys); fp16 under DeepSpeed (see
+`gsv_accel.deepspeed_support.FP16_UNSUPPORTED`).
 
 The loop follows the official `s2_train.py`: per batch a discriminator step (LSGAN), then a generator
 step (mel L1 x c_mel + KL x c_kl + feature matching + adversarial + commitment), AdamW (0.8, 0.99),
@@ -26,10 +26,8 @@ generated audio, averaged over all processes; the plateau controller (`plateau:`
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +37,10 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
-from gsv_accel.checkpoint import CheckpointError, CheckpointWriteError
-from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config, to_dict
-from gsv_accel.data.dataset import DatasetCompatibilityError, S2Collate, load_prepared
+from gsv_accel.config import CheckpointConfig, RunConfig, ValidationConfig, to_dict
+from gsv_accel.data.dataset import S2Collate, load_prepared
 from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
 from gsv_accel.formats import (
-    GSVFormatError,
     export_sovits,
     load_weights_into,
     sovits_export_info,
@@ -61,13 +57,11 @@ from gsv_accel.models.sovits.commons import slice_segments
 from gsv_accel.models.sovits.config import SoVITSConfig
 from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.session import TrainingSession
+from gsv_accel.session import TrainingSession, nonfinite_tensors, run_recipe
 from gsv_accel.tracking import TrackingConfig, log_media
 from gsv_accel.training import exit_process
 
 logger = logging.getLogger("recipes.s2")
-USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVFormatError)
-EXIT_CODE_USER_ERROR = 2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "s2_demo.yaml"
 
@@ -210,17 +204,8 @@ class S2Recipe:
         if self.deepspeed:
             from gsv_accel import deepspeed_support as ds
 
-            if self.cfg.train.grad_accum != 1:
-                raise ConfigError("train.grad_accum must be 1 under DeepSpeed (it steps inside backward)")
-            if acc.mixed_precision != "no":
-                # DeepSpeed's bf16/fp16 sections cast the whole model, buffers included, to 16 bits;
-                # the quantizer computes in fp32 against its codebook buffer and fails.
-                raise ConfigError(f"DeepSpeed with mixed precision {acc.mixed_precision!r} is not supported "
-                                  "by the S2 recipe yet (its 16-bit weights break the quantizer's fp32 "
-                                  "computation): use mixed_precision 'no' with DeepSpeed, or bf16/fp16 "
-                                  "without DeepSpeed")
             ds.configure_plugins(acc, micro_batch_size=self.cfg.data.batch_size,
-                                 grad_clip=self.cfg.train.grad_clip)
+                                 grad_clip=self.cfg.train.grad_clip, grad_accum=self.cfg.train.grad_accum)
         self._setup_data()
         # Models before optimizers: the optimizer's param groups refer to the (frozen or not) params.
         self._setup_models()
@@ -235,6 +220,7 @@ class S2Recipe:
             # G's adversarial pass calls D's module, not its engine: the engine's forward hooks would
             # run D's gradient epilogue inside G's backward (IndexError in ZeRO-2's reduce_ipg_grads).
             self.d_for_g = self.acc_d.unwrap_model(self.net_d)
+            self.deepspeed_autocast = ds.autocast_dtype(self.net_g)
         else:
             self.acc_d = acc
             self.net_d, self.optim_d = acc.prepare(self.net_d, self.optim_d)
@@ -301,6 +287,32 @@ class S2Recipe:
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=tc.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=tc.lr_decay)
 
+    def autocast(self):
+        """The mixed-precision context of forward passes: Accelerate's, or under DeepSpeed the dtype of
+        the engines' `torch_autocast` (their own forward applies it; D's module in G's adversarial
+        pass and the generator in validation run outside an engine and need it here)."""
+        if self.deepspeed and self.deepspeed_autocast is not None:
+            return torch.autocast(self.accelerator.device.type, dtype=self.deepspeed_autocast)
+        return self.accelerator.autocast()
+
+    def _no_sync(self, model, skip_sync: bool):
+        """DDP's `no_sync` for a backward whose gradients need no all-reduce (not the last micro-batch,
+        or D frozen in G's pass). DeepSpeed engines decide that from the accumulation boundary instead
+        (their own `no_sync` refuses ZeRO-2 and forbids stepping)."""
+        if not skip_sync or self.deepspeed:
+            return nullcontext()
+        return self.accelerator.no_sync(model)
+
+    def _backward(self, model, loss: torch.Tensor, last: bool) -> bool:
+        """Backward of one micro-batch's share of the loss. Under DeepSpeed the engine steps at the
+        last micro-batch; returns whether it took and applied that step (always False otherwise)."""
+        if self.deepspeed:
+            from gsv_accel.deepspeed_support import backward
+
+            return backward(model, loss, boundary=last)
+        (self.acc_d if model is self.net_d else self.accelerator).backward(loss)
+        return False
+
     # ------------------------------------------------------------------------------------ train
     def train(self) -> int:
         """Run to the end (or an early stop / signal). Returns the process exit code."""
@@ -327,30 +339,30 @@ class S2Recipe:
             last = index == n - 1
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
-            with acc.no_sync(self.net_g) if not last else nullcontext():
-                with acc.autocast():
+            with self._no_sync(self.net_g, not last):
+                with self.autocast():
                     out = self.net_g(batch["ssl"], batch["spec"], batch["spec_lengths"], batch["text"],
                                      batch["text_lengths"])
             real = slice_segments(batch["wav"], out.slice_starts * hop, tc.segment_size)
 
             # Discriminator: real vs detached generated audio.
-            with acc.no_sync(self.net_d) if not last else nullcontext():
-                with acc.autocast():
+            with self._no_sync(self.net_d, not last):
+                with self.autocast():
                     real_scores, fake_scores, _, _ = self.net_d(real, out.wav.detach())
                 loss_disc = discriminator_lsgan_loss(real_scores, fake_scores)
-                self.acc_d.backward(loss_disc / n)
+                applied_d = self._backward(self.net_d, loss_disc / n, last)
             bad_d = bad_d or not bool(torch.isfinite(loss_disc))
             if last:
                 # D steps as soon as its gradients are complete, before G's adversarial pass, as in
                 # the official trainer; the shared fp16 scaler is updated only after G's step.
                 grad_norm_d, skipped_d = self._step(self.optim_d, self.net_d, update_scaler=False,
-                                                    bad_loss=bad_d)
+                                                    bad_loss=bad_d, applied=applied_d)
 
             # Generator: D's parameters are frozen and its DDP sync skipped for this pass, so G's
             # backward neither computes nor all-reduces gradients that D would then throw away.
             self.net_d.requires_grad_(False)
-            with acc.no_sync(self.net_d), (acc.no_sync(self.net_g) if not last else nullcontext()):
-                with acc.autocast():
+            with self._no_sync(self.net_d, True), self._no_sync(self.net_g, not last):
+                with self.autocast():
                     _, fake_scores, real_maps, fake_maps = self.d_for_g(real, out.wav)
                 mel_real = slice_segments(self.features.linear_to_mel(batch["spec"].float()),
                                           out.slice_starts, self.cfg.model.segment_size)
@@ -361,14 +373,15 @@ class S2Recipe:
                 loss_fm = feature_matching_loss(real_maps, fake_maps)
                 loss_adv = generator_lsgan_loss(fake_scores)
                 loss_gen = loss_adv + loss_fm + loss_mel + out.commit_loss.float() + loss_kl
-                acc.backward(loss_gen / n)
+                applied_g = self._backward(self.net_g, loss_gen / n, last)
             self.net_d.requires_grad_(True)
             bad_g = bad_g or not bool(torch.isfinite(loss_gen))
             for key, value in (("loss_disc", loss_disc), ("loss_gen", loss_gen), ("loss_adv", loss_adv),
                                ("loss_fm", loss_fm), ("loss_mel", loss_mel), ("loss_kl", loss_kl),
                                ("loss_commit", out.commit_loss)):
                 totals[f"train/{key}"] = totals.get(f"train/{key}", 0.0) + float(value.detach()) / n
-        grad_norm_g, skipped_g = self._step(self.optim_g, self.net_g, update_scaler=True, bad_loss=bad_g)
+        grad_norm_g, skipped_g = self._step(self.optim_g, self.net_g, update_scaler=True, bad_loss=bad_g,
+                                            applied=applied_g)
         if skipped_d or skipped_g:
             logger.warning("step %d: non-finite loss or gradient, optimizer step skipped (%s)",
                            self.session.progress.step + 1, ", ".join(
@@ -379,7 +392,8 @@ class S2Recipe:
                        "train/lr_d": self.optim_d.param_groups[0]["lr"]})
         return totals, skipped_d or skipped_g
 
-    def _step(self, optimizer, model, update_scaler: bool, bad_loss: bool) -> tuple[float, bool]:
+    def _step(self, optimizer, model, update_scaler: bool, bad_loss: bool,
+              applied: bool) -> tuple[float, bool]:
         """Unscale (fp16), measure and optionally clip the gradient norm, then step, unless the loss
         (or, without a loss scaler, the gradient norm) is non-finite on any process. Returns
         (gradient norm, skipped).
@@ -388,13 +402,15 @@ class S2Recipe:
         without `update()`, G through Accelerate's optimizer wrapper, which steps and updates, so the
         scale is updated exactly once per iteration. Infinite gradients under fp16 are the scaler's to
         handle (it skips the step and lowers the scale), so only a non-finite loss counts there.
+
+        Under DeepSpeed the engine has already clipped and stepped in the last backward (`applied`
+        tells whether it applied the step: it skips one whose gradient norm is not finite).
         """
         acc = self.accelerator
         if self.deepspeed:
-            # The engine already clipped and stepped in `backward`; only the norm is left to report.
             from gsv_accel.deepspeed_support import global_grad_norm
 
-            return global_grad_norm(model), bad_loss
+            return global_grad_norm(model), not applied
         scaler = acc.scaler
         if scaler is not None:
             scaler.unscale_(optimizer.optimizer)
@@ -437,7 +453,7 @@ class S2Recipe:
                 batch = self.val_collate([self.val_set[index]])
                 ssl, spec, text, wav = (batch[k].to(acc.device) for k in ("ssl", "spec", "text", "wav"))
                 frames = int(batch["spec_lengths"][0])
-                with acc.autocast():
+                with self.autocast():
                     codes = generator.extract_latent(ssl[:, :, :frames])
                     fake = generator.decode(codes.transpose(0, 1), text, spec[:, :, :frames], noise_scale=0.0)
                 mel_real = self.features.mel(wav[:, 0, : int(batch["wav_lengths"][0])].float())
@@ -479,7 +495,7 @@ class S2Recipe:
             state_dict = consolidated_state_dict(checkpoint)
         else:
             state_dict = load_file(str(checkpoint / "model.safetensors"))
-        broken = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        broken = nonfinite_tensors(state_dict)
         if broken:
             logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
             return None
@@ -494,33 +510,8 @@ class S2Recipe:
 # ------------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: demo)")
-    parser.add_argument("--resume", default=None,
-                        help="'auto' (latest complete checkpoint of the run, fresh start if none) or a "
-                             "checkpoint folder")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(S2Config, args.config, args.overrides)
-        recipe = S2Recipe(cfg, resume=args.resume)
-        recipe.setup()
-    except USER_ERRORS as err:
-        # Bad config, checkpoint, dataset or weights file: one clear message, no traceback.
-        logger.error("%s", err)
-        print(f"s2: error: {err}", file=sys.stderr)
-        return EXIT_CODE_USER_ERROR
-    try:
-        return recipe.train()
-    except CheckpointWriteError as err:
-        # Disk full (or another write error) during a save: stop, since later saves would fail too.
-        print(f"s2: error: {err}", file=sys.stderr)
-        return recipe.session.abort_on_write_error(err)
+    return run_recipe("s2", __doc__.splitlines()[0], S2Config, S2Recipe, DEFAULT_CONFIG, argv)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ the S2 recipe as a real process (so it can be killed, signalled and resumed like
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -167,3 +169,32 @@ def s2_run(tmp_path, demo_dataset):
         return S2Run(tmp_path / name, dataset or demo_dataset, *overrides)
 
     return make
+
+
+NAN_STEP = 7  # the first step whose batch holds a NaN-poisoned utterance
+
+
+@pytest.fixture(scope="session")
+def nan_dataset(tmp_path_factory, demo_dataset) -> Path:
+    """The demo dataset with NaN HuBERT features in one training utterance of step 7's batch (epoch 0,
+    seed 1234): the batches before it are clean, so checkpoints exist to roll back to."""
+    import datasets
+
+    from gsv_accel.data.dataset import load_prepared
+    from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
+
+    train = load_prepared(demo_dataset).view("train")
+    sampler = LengthBucketBatchSampler(train.lengths, 4, DEFAULT_BOUNDARIES, seed=1234)
+    poisoned = sampler.global_batches(0)[NAN_STEP - 1][0]
+    splits = datasets.load_from_disk(str(demo_dataset))
+
+    def poison(row, index):
+        if index == poisoned:
+            row["ssl"] = np.full(len(row["ssl"]), np.nan, np.float16)
+        return row
+
+    splits["train"] = splits["train"].map(poison, with_indices=True, features=splits["train"].features)
+    out = tmp_path_factory.mktemp("nan_dataset") / "dataset"
+    splits.save_to_disk(str(out))
+    shutil.copy(demo_dataset / "gsv_meta.json", out / "gsv_meta.json")
+    return out

@@ -1,11 +1,13 @@
 """The S2 recipe under DeepSpeed ZeRO-2 (one engine per model, two Accelerators), single process on
 the CPU (`DS_ACCELERATOR=cpu`; DeepSpeed runs only one process on a CPU through Accelerate): it trains,
 saves DeepSpeed checkpoints (the discriminator's in `discriminator/`), resumes to exactly the weights of
-an uninterrupted run, and exports a generator file that loads the GPT-SoVITS way."""
+an uninterrupted run (also with bf16 autocast and gradient accumulation), exports a generator file that
+loads the GPT-SoVITS way, skips non-finite steps and refuses fp16."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import socket
 import sys
 from pathlib import Path
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import REPO, S2Run, assert_same_weights
+from gsv_accel.training import EXIT_CODE_NONFINITE, EXIT_CODE_USER_ERROR
+
+from .conftest import NAN_STEP, REPO, S1_DEMO_CONFIG, S1_RECIPE, S2Run, assert_same_weights
 
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
@@ -32,10 +36,15 @@ def _free_port() -> int:
 class DeepSpeedS2Run(S2Run):
     """`accelerate launch --config_file deepspeed_zero2.yaml --num_processes 1` on the CPU."""
 
+    def __init__(self, run_dir: Path, dataset: Path, *overrides: str, mixed_precision: str = "no") -> None:
+        super().__init__(run_dir, dataset, *overrides)
+        self.mixed_precision = mixed_precision
+
     def command(self, *extra: str, processes: int = 1) -> list[str]:
         assert processes == 1, "DeepSpeed on a CPU runs one process only"
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO2),
-                    "--num_processes", "1", "--main_process_port", str(_free_port()), str(self.recipe)]
+                    "--num_processes", "1", "--mixed_precision", self.mixed_precision,
+                    "--main_process_port", str(_free_port()), str(self.recipe)]
         return [*launcher, "--config", str(self.config), *self.overrides, *extra]
 
     def run(self, *extra: str, **kwargs):
@@ -116,3 +125,78 @@ def test_zero2_cpu_trains_saves_resumes_exactly_and_exports(tmp_path: Path, demo
     assert not unexpected and missing and all(key.startswith("enc_q.") for key in missing)
     for key, tensor in raw["weight"].items():
         torch.testing.assert_close(tensor.float(), final["generator"][key].float(), atol=1e-2, rtol=1e-2)
+
+
+def _engine_state(folder: Path) -> dict:
+    """What DeepSpeed recorded with an engine's checkpoint (our own test file: a full unpickle is fine)."""
+    return torch.load(folder / "pytorch_model" / "mp_rank_00_model_states.pt", map_location="cpu",
+                      weights_only=False)
+
+
+@pytest.mark.slow
+@needs_deepspeed
+def test_zero2_bf16_as_autocast_with_accumulation_resumes_exactly(tmp_path: Path, demo_dataset: Path) -> None:
+    settings = ("checkpoint.every_n_steps=2", "train.grad_accum=2")
+    uninterrupted = DeepSpeedS2Run(tmp_path / "uninterrupted", demo_dataset, *settings, "train.max_steps=4",
+                                   mixed_precision="bf16")
+    uninterrupted.run()
+    resumed = DeepSpeedS2Run(tmp_path / "resumed", demo_dataset, *settings, "train.max_steps=2",
+                             mixed_precision="bf16")
+    resumed.run()
+    resumed.overrides[-1] = "train.max_steps=4"
+    resumed.run("--resume", "auto")
+    assert f"resumed from {resumed.run_dir / 'checkpoints' / 'step_00000002'}" in resumed.log
+    assert_same_weights(resumed.final_weights(), uninterrupted.final_weights())
+
+    # What the engines ran: bf16 through torch.autocast over fp32 weights (not DeepSpeed's bf16 section,
+    # which would cast the model), 4 optimizer steps of 2 micro-batches of 4 utterances each.
+    latest = uninterrupted.checkpoints()[-1]
+    for folder in (latest, latest / "discriminator"):
+        state = _engine_state(folder)
+        config = state["ds_config"]
+        assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+        assert not config["bf16"]["enabled"] and config["gradient_accumulation_steps"] == 2
+        assert (state["global_steps"], state["global_samples"], state["skipped_steps"]) == (4, 32, 0)
+        assert {t.dtype for t in state["module"].values() if t.is_floating_point()} == {torch.float32}
+
+
+@pytest.mark.slow
+@needs_deepspeed
+def test_zero2_skips_steps_with_nonfinite_gradients(tmp_path: Path, nan_dataset: Path) -> None:
+    """NaN features from step 7 on: DeepSpeed drops the step (the engine sees a non-finite gradient
+    norm), the recipe counts it and stops after 3. Only the quantizer's EMA codebook (a buffer updated
+    in the forward pass) turns NaN; no parameter does, so the optimizer step really was skipped."""
+    run = DeepSpeedS2Run(tmp_path / "nan", nan_dataset, "train.epochs=1", "checkpoint.every_n_steps=2",
+                         "checkpoint.keep_last=10", "train.max_nonfinite_steps=3", "train.on_nonfinite=stop")
+    result = run.run(expect=1)  # the launcher's own code; the recipe's is in its report
+    assert f"failed (exitcode: {EXIT_CODE_NONFINITE})" in result.stderr, result.stderr[-3000:]
+    log = run.log
+    skipped = [int(s) for s in re.findall(r"step (\d+): non-finite loss or gradient, optimizer step skipped",
+                                          log)]
+    assert skipped == [NAN_STEP, NAN_STEP + 1, NAN_STEP + 2]
+    assert (f"not saving a checkpoint at step {NAN_STEP + 2} (final (nonfinite)): non-finite values in "
+            "quantizer.vq.layers.0._codebook.embed, quantizer.vq.layers.0._codebook.embed_avg;") in log
+    assert [p.name for p in run.checkpoints()] == ["step_00000002", "step_00000004", "step_00000006"]
+    for folder in (run.checkpoints()[-1], run.checkpoints()[-1] / "discriminator"):
+        assert _engine_state(folder)["skipped_steps"] == 0
+
+
+@needs_deepspeed
+def test_fp16_under_deepspeed_is_refused_with_the_alternatives(tmp_path: Path, demo_dataset: Path) -> None:
+    run = DeepSpeedS2Run(tmp_path / "fp16", demo_dataset, mixed_precision="fp16")
+    result = run.run(expect=1)
+    assert f"failed (exitcode: {EXIT_CODE_USER_ERROR})" in result.stderr, result.stderr[-3000:]
+    assert "s2: error: fp16 under DeepSpeed is not supported" in result.stderr
+    assert "Use bf16 with DeepSpeed" in result.stderr
+    assert not (run.run_dir / "checkpoints").exists() or not run.checkpoints()
+
+
+@needs_deepspeed
+def test_s1_refuses_deepspeed_and_names_the_launchers_to_use(tmp_path: Path, demo_dataset: Path) -> None:
+    class DeepSpeedS1Run(DeepSpeedS2Run):
+        recipe, config = S1_RECIPE, S1_DEMO_CONFIG
+
+    result = DeepSpeedS1Run(tmp_path / "s1", demo_dataset).run(expect=1)
+    assert f"failed (exitcode: {EXIT_CODE_USER_ERROR})" in result.stderr, result.stderr[-3000:]
+    assert "s1: error: the S1 recipe does not run under DeepSpeed" in result.stderr
+    assert "single_gpu.yaml or multi_gpu.yaml" in result.stderr

@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -347,35 +346,8 @@ def test_enospc_on_one_rank_stops_every_rank_without_hanging(s2_run):
 
 # ------------------------------------------------------------------------------------- non-finite
 
-NAN_STEP = 7  # the first step whose batch holds a NaN-poisoned utterance
 NONFINITE_SETTINGS = ("train.epochs=1", "checkpoint.every_n_steps=2", "checkpoint.keep_last=10",
                       "train.max_nonfinite_steps=3", "plateau.min_lr_scale=0.2", "tracking.tensorboard=true")
-
-
-@pytest.fixture(scope="module")
-def nan_dataset(tmp_path_factory, demo_dataset) -> Path:
-    """The demo dataset with NaN HuBERT features in one training utterance of step 7's batch (epoch 0,
-    seed 1234): the batches before it are clean, so checkpoints exist to roll back to."""
-    import datasets
-
-    from gsv_accel.data.dataset import load_prepared
-    from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
-
-    train = load_prepared(demo_dataset).view("train")
-    sampler = LengthBucketBatchSampler(train.lengths, 4, DEFAULT_BOUNDARIES, seed=1234)
-    poisoned = sampler.global_batches(0)[NAN_STEP - 1][0]
-    splits = datasets.load_from_disk(str(demo_dataset))
-
-    def poison(row, index):
-        if index == poisoned:
-            row["ssl"] = np.full(len(row["ssl"]), np.nan, np.float16)
-        return row
-
-    splits["train"] = splits["train"].map(poison, with_indices=True, features=splits["train"].features)
-    out = tmp_path_factory.mktemp("nan_dataset") / "dataset"
-    splits.save_to_disk(str(out))
-    shutil.copy(demo_dataset / "gsv_meta.json", out / "gsv_meta.json")
-    return out
 
 
 def _all_finite_checkpoints_and_exports(run: S2Run) -> None:

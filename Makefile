@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU_PIN ?= torch==2.13.0
 EXTRAS ?= dev,tensorboard,text,deepspeed
 
-.PHONY: install test demo demo-s1 bench soak lint clean
+.PHONY: install test demo demo-s1 bench bench-gpu soak lint clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_data.py
 	$(PYTHON) benchmarks/bench_s2.py
 	$(PYTHON) benchmarks/bench_s1.py
+
+# Needs a CUDA GPU: the default v2 model in fp32/bf16/fp16 and under DeepSpeed ZeRO-2 (README, "Scaling out").
+bench-gpu: $(STAMP)
+	$(PYTHON) benchmarks/bench_s2_gpu.py $(BENCH_GPU_ARGS)
 
 # Fault-injection soak (docs/reliability.md): one S2 demo run killed/terminated/interrupted at random
 # moments, inside saves and prunes, and given a full disk, resumed each time, then compared bitwise

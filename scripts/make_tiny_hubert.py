@@ -47,8 +47,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parents[1] / "demo" / "tiny_hubert")
+    parser.add_argument("--hidden-size", type=int, default=64,
+                        help="feature width: 64 for the demo, 768 for the default model")
     args = parser.parse_args()
-    print(f"wrote {write_tiny_hubert(args.out)}")
+    print(f"wrote {write_tiny_hubert(args.out, args.hidden_size)}")
 
 
 if __name__ == "__main__":

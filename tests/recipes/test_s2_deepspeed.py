@@ -127,6 +127,20 @@ def test_zero2_cpu_trains_saves_resumes_exactly_and_exports(tmp_path: Path, demo
         torch.testing.assert_close(tensor.float(), final["generator"][key].float(), atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.slow
+@needs_deepspeed
+def test_zero2_single_process_fp32_reproduces_the_plain_recipe_bitwise(tmp_path: Path,
+                                                                       demo_dataset: Path) -> None:
+    """One process, fp32: ZeRO-2's partitioned fp32 optimizer must compute what the plain AdamW step
+    does, so 13 steps (across the first epoch's end (11 steps) and its LR decay) give identical weights."""
+    settings = ("train.max_steps=13", "checkpoint.every_n_steps=13")
+    plain = S2Run(tmp_path / "plain", demo_dataset, *settings)
+    plain.run()
+    zero2 = DeepSpeedS2Run(tmp_path / "zero2", demo_dataset, *settings)
+    zero2.run()
+    assert_same_weights(zero2.final_weights(), plain.final_weights())
+
+
 def _engine_state(folder: Path) -> dict:
     """What DeepSpeed recorded with an engine's checkpoint (our own test file: a full unpickle is fine)."""
     return torch.load(folder / "pytorch_model" / "mp_rank_00_model_states.pt", map_location="cpu",
@@ -147,6 +161,7 @@ def test_zero2_bf16_as_autocast_with_accumulation_resumes_exactly(tmp_path: Path
     resumed.run("--resume", "auto")
     assert f"resumed from {resumed.run_dir / 'checkpoints' / 'step_00000002'}" in resumed.log
     assert_same_weights(resumed.final_weights(), uninterrupted.final_weights())
+    assert re.search(r"speed: [0-9.]+ training steps/s over 2 steps of this process", resumed.log)
 
     # What the engines ran: bf16 through torch.autocast over fp32 weights (not DeepSpeed's bf16 section,
     # which would cast the model), 4 optimizer steps of 2 micro-batches of 4 utterances each.

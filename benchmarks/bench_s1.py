@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `recipes` is not an installed package
 sys.path.insert(0, str(REPO / "benchmarks"))  # the S2 benchmark's timing helpers
 
-from bench_s2 import TimedIterable, _sync, max_diff, mean, per_step_median  # noqa: E402
+from bench_s2 import StepTimer, _sync, max_diff, mean, per_step_median  # noqa: E402
 
 from recipes.s1 import DEFAULT_CONFIG, S1Config, S1Recipe, warmup_cosine  # noqa: E402
 
@@ -74,27 +74,10 @@ def ensure_dataset(dataset: Path, work: Path) -> Path:
     from `make demo`'s, their lengths (all that the timings depend on) do not."""
     if dataset.exists():
         return dataset
-    from gsv_accel.config import load_config
-    from gsv_accel.data.prepare import prepare
-    from gsv_accel.formats import export_sovits
-    from gsv_accel.models.sovits import SynthesizerTrn
-    from recipes.s2 import DEFAULT_CONFIG as S2_DEMO_CONFIG
-    from recipes.s2 import S2Config
+    from scripts.make_demo_s1_dataset import make_demo_s1_dataset
 
-    out = work / "demo_dataset_s1"
-    print(f"{dataset} does not exist: preparing the demo corpus into {out}", file=sys.stderr)
-    cfg = load_config(S2Config, S2_DEMO_CONFIG)
-    torch.manual_seed(0)
-    generator = SynthesizerTrn(cfg.model)
-    for name, buffer in generator.quantizer.named_buffers():
-        if name.endswith("inited"):
-            buffer.fill_(1)
-        elif name.endswith("embed"):
-            buffer.normal_()
-    s2_export = export_sovits(generator.state_dict(), cfg.official_dict(), work / "tiny_s2.pth", "bench")
-    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert",
-            s2_pretrained=s2_export, bert_dir=REPO / "demo" / "tiny_bert")
-    return out
+    print(f"{dataset} does not exist: preparing the demo corpus into {work}", file=sys.stderr)
+    return make_demo_s1_dataset(work)
 
 
 def load_cfg(dataset: Path, output_dir: Path, steps: int, steps_per_epoch: int, cadence: bool) -> S1Config:
@@ -209,74 +192,14 @@ class BareLoop:
 # --------------------------------------------------------------------------------- timed recipe
 
 
-class TimedS1Recipe(S1Recipe):
-    """S1Recipe with timers around the parts of the loop; the computation is unchanged.
+class TimedS1Recipe(StepTimer, S1Recipe):
+    """S1Recipe under bench_s2's StepTimer, also recording `tokens` (semantic target tokens of the
+    step's micro-batches)."""
 
-    Per optimizer step it records: `step` (end of the previous train_step, companion excluded, to the
-    end of this one), `inside` (train_step itself), `data` (next() and the device copy), `events`
-    (validation and checkpoints in between), `tokens` (semantic target tokens of the step's
-    micro-batches) and `bare` (the companion BareLoop's step, if any)."""
+    extra_keys = ("tokens",)
 
-    def __init__(self, *args, companion: BareLoop | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.companion = companion
-        self.per_step: dict[str, list[float]] = {
-            k: [] for k in ("step", "inside", "data", "events", "tokens", "bare")}
-        self.calls: dict[str, list[float]] = {"validate": [], "save": [], "finish": []}
-        self._data, self._events = [0.0], [0.0]  # running totals
-        self._marks = (0.0, 0.0)
-        self._last = 0.0
-
-    def instrument(self, batches: list[dict] | None = None) -> None:
-        """After setup(): time the loader (or replace it by pre-collated batches) and the session's
-        validation, checkpoint and final-save calls."""
-        self.loader = TimedIterable(self.loader if batches is None else batches, self._data)
-        for kind in self.calls:
-            setattr(self.session, kind, self._timed(kind, getattr(self.session, kind)))
-
-    def _timed(self, kind: str, fn):
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _sync(self.accelerator.device)
-                seconds = time.perf_counter() - start
-                self.calls[kind].append(seconds)
-                if kind != "finish":  # its final save is counted as a save
-                    self._events[0] += seconds
-        return timed
-
-    def train(self) -> int:
-        self._last = time.perf_counter()
-        return super().train()
-
-    def train_step(self, micro_batches: list[dict]):
-        device = self.accelerator.device
-        start = time.perf_counter()
-        micro_batches = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                          for k, v in batch.items()} for batch in micro_batches]
-        self._data[0] += time.perf_counter() - start
-        bare_first = self.companion is not None and len(self.per_step["step"]) % 2 == 1
-        aside = 0.0  # wall time of the companion inside this step's interval
-        if bare_first:
-            begin = time.perf_counter()
-            self.per_step["bare"].append(self.companion.step())
-            aside = time.perf_counter() - begin
-        begin = time.perf_counter()
-        result = super().train_step(micro_batches)
-        done = time.perf_counter()
-        record = self.per_step
-        record["inside"].append(done - begin)
-        record["step"].append(done - self._last - aside)
-        record["data"].append(self._data[0] - self._marks[0])
-        record["events"].append(self._events[0] - self._marks[1])
-        self._marks = (self._data[0], self._events[0])
-        if self.companion is not None and not bare_first:
-            record["bare"].append(self.companion.step())
+    def record_extra(self, micro_batches: list[dict], record: dict[str, list[float]]) -> None:
         record["tokens"].append(float(sum(target_tokens(batch) for batch in micro_batches)))
-        self._last = time.perf_counter()
-        return result
 
 
 def run_recipe(cfg: S1Config, batches: list[dict] | None, paired: bool = False) -> dict:

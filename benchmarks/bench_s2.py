@@ -249,17 +249,22 @@ class TimedIterable:
             yield batch
 
 
-class TimedS2Recipe(S2Recipe):
-    """S2Recipe with timers around the parts of the loop; the computation is unchanged.
+class StepTimer:
+    """Mixin for a recipe class (`class TimedS2Recipe(StepTimer, S2Recipe)`): timers around the parts
+    of the loop; the computation is unchanged.
 
     Per optimizer step it records: `step` (end of the previous train_step, companion excluded, to the
     end of this one), `inside` (train_step itself), `data` (next() and the device copy), `events`
-    (validation and checkpoints in between) and `bare` (the companion BareLoop's step, if any)."""
+    (validation and checkpoints in between), `bare` (the companion bare loop's step, if any) and what
+    a subclass adds in `record_extra` (keys named in `extra_keys`)."""
 
-    def __init__(self, *args, companion: BareLoop | None = None, **kwargs) -> None:
+    extra_keys: tuple[str, ...] = ()
+
+    def __init__(self, *args, companion=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.companion = companion
-        self.per_step: dict[str, list[float]] = {k: [] for k in ("step", "inside", "data", "events", "bare")}
+        self.per_step: dict[str, list[float]] = {
+            k: [] for k in ("step", "inside", "data", "events", *self.extra_keys, "bare")}
         self.calls: dict[str, list[float]] = {"validate": [], "save": [], "finish": []}
         self._data, self._events = [0.0], [0.0]  # running totals
         self._marks = (0.0, 0.0)
@@ -289,6 +294,9 @@ class TimedS2Recipe(S2Recipe):
         self._last = time.perf_counter()
         return super().train()
 
+    def record_extra(self, micro_batches: list[dict], record: dict[str, list[float]]) -> None:
+        """Per-step figures of a subclass's own (none here)."""
+
     def train_step(self, micro_batches: list[dict]):
         device = self.accelerator.device
         start = time.perf_counter()
@@ -312,8 +320,13 @@ class TimedS2Recipe(S2Recipe):
         self._marks = (self._data[0], self._events[0])
         if self.companion is not None and not bare_first:
             record["bare"].append(self.companion.step())
+        self.record_extra(micro_batches, record)
         self._last = time.perf_counter()
         return result
+
+
+class TimedS2Recipe(StepTimer, S2Recipe):
+    """S2Recipe under the StepTimer."""
 
 
 def run_recipe(cfg: S2Config, batches: list[dict] | None, paired: bool = False) -> dict:

@@ -118,6 +118,25 @@ class S1Run(S2Run):
         return {"gpt": load_file(str(self.checkpoints()[-1] / "model.safetensors"))}
 
 
+def load_sovits_export_the_official_way(export: Path, info: str) -> dict[str, torch.Tensor]:
+    """Load an S2 export as GPT-SoVITS inference does (plain `torch.load`, the config used as
+    attributes, the generator built from it and `load_state_dict(strict=False)` with only `enc_q.*`
+    missing); checks the fields and fp16 storage. Returns the weights."""
+    from gsv_accel.models.sovits import SynthesizerTrn
+    from gsv_accel.models.sovits.config import SoVITSConfig
+
+    raw = torch.load(export, map_location="cpu", weights_only=False)
+    assert set(raw) == {"weight", "config", "info"} and raw["info"] == info
+    model_cfg = dict(raw["config"]["model"])
+    model_cfg["spec_channels"] = raw["config"]["data"]["filter_length"] // 2 + 1
+    model_cfg["segment_size"] = raw["config"]["train"]["segment_size"] // raw["config"]["data"]["hop_length"]
+    generator = SynthesizerTrn(SoVITSConfig.from_dict(model_cfg))
+    missing, unexpected = generator.load_state_dict(raw["weight"], strict=False)
+    assert not unexpected and missing and all(key.startswith("enc_q.") for key in missing)
+    assert all(t.dtype == torch.float16 for t in raw["weight"].values() if t.is_floating_point())
+    return raw["weight"]
+
+
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
     assert a.keys() == b.keys()
     for model in a:
@@ -133,26 +152,9 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
 def demo_dataset_s1(tmp_path_factory) -> Path:
     """The demo corpus with GPT-stage features: semantic codes from a tiny S2 model (random weights,
     codebook marked initialised, exported the GPT-SoVITS way) and the tiny random BERT."""
-    from gsv_accel.config import load_config
-    from gsv_accel.data.prepare import prepare
-    from gsv_accel.formats import export_sovits
-    from gsv_accel.models.sovits import SynthesizerTrn
-    from recipes.s2 import S2Config
+    from scripts.make_demo_s1_dataset import make_demo_s1_dataset
 
-    root = tmp_path_factory.mktemp("demo_dataset_s1")
-    cfg = load_config(S2Config, DEMO_CONFIG)
-    torch.manual_seed(0)
-    generator = SynthesizerTrn(cfg.model)
-    for name, buffer in generator.quantizer.named_buffers():
-        if name.endswith("inited"):
-            buffer.fill_(1)
-        elif name.endswith("embed"):
-            buffer.normal_()
-    s2_export = export_sovits(generator.state_dict(), cfg.official_dict(), root / "tiny_s2.pth", "test")
-    out = root / "dataset"
-    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert",
-            s2_pretrained=s2_export, bert_dir=REPO / "demo" / "tiny_bert")
-    return out
+    return make_demo_s1_dataset(tmp_path_factory.mktemp("demo_dataset_s1"))
 
 
 @pytest.fixture

@@ -17,7 +17,15 @@ import torch
 
 from gsv_accel.training import EXIT_CODE_NONFINITE, EXIT_CODE_USER_ERROR
 
-from .conftest import NAN_STEP, REPO, S1_DEMO_CONFIG, S1_RECIPE, S2Run, assert_same_weights
+from .conftest import (
+    NAN_STEP,
+    REPO,
+    S1_DEMO_CONFIG,
+    S1_RECIPE,
+    S2Run,
+    assert_same_weights,
+    load_sovits_export_the_official_way,
+)
 
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
@@ -109,21 +117,11 @@ def test_zero2_cpu_trains_saves_resumes_exactly_and_exports(tmp_path: Path, demo
     assert_same_weights(final, uninterrupted.final_weights())
     assert not all(torch.equal(t, first_leg["generator"][k]) for k, t in final["generator"].items())
 
-    # The export loads as GPT-SoVITS inference does: torch.load, config as attributes, only enc_q missing.
-    from gsv_accel.models.sovits import SynthesizerTrn
-    from gsv_accel.models.sovits.config import SoVITSConfig
-
+    # The export loads as GPT-SoVITS inference does and holds the consolidated weights (in fp16).
     export = resumed.run_dir / "exports" / "demo_e0_s6.pth"
     assert export.is_file(), sorted(p.name for p in (resumed.run_dir / "exports").iterdir())
-    raw = torch.load(export, map_location="cpu", weights_only=False)
-    assert set(raw) == {"weight", "config", "info"} and raw["info"] == "0epoch_6iteration"
-    model_cfg = dict(raw["config"]["model"])
-    model_cfg["spec_channels"] = raw["config"]["data"]["filter_length"] // 2 + 1
-    model_cfg["segment_size"] = raw["config"]["train"]["segment_size"] // raw["config"]["data"]["hop_length"]
-    generator = SynthesizerTrn(SoVITSConfig.from_dict(model_cfg))
-    missing, unexpected = generator.load_state_dict(raw["weight"], strict=False)
-    assert not unexpected and missing and all(key.startswith("enc_q.") for key in missing)
-    for key, tensor in raw["weight"].items():
+    weights = load_sovits_export_the_official_way(export, info="0epoch_6iteration")
+    for key, tensor in weights.items():
         torch.testing.assert_close(tensor.float(), final["generator"][key].float(), atol=1e-2, rtol=1e-2)
 
 

@@ -11,12 +11,11 @@ import shutil
 import signal
 
 import pytest
-import torch
 
 from gsv_accel.checkpoint import verify_checkpoint
 from gsv_accel.training import EXIT_CODE_SIGTERM
 
-from .conftest import S2Run, assert_same_weights
+from .conftest import S2Run, assert_same_weights, load_sovits_export_the_official_way
 
 # Two epochs of 11 steps, checkpoints every 3 steps and at each epoch end.
 RESUME_SETTINGS = ("train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=10")
@@ -90,22 +89,11 @@ def test_short_run_with_long_save_interval_still_leaves_final_checkpoint_and_exp
 
 def test_export_loads_the_gpt_sovits_way_and_inspect_shows_progress(s2_run, capsys):
     from gsv_accel.cli import main as cli_main
-    from gsv_accel.models.sovits import SynthesizerTrn
-    from gsv_accel.models.sovits.config import SoVITSConfig
 
     run = s2_run("export", "train.epochs=1")
     run.run()
     export = run.run_dir / "exports" / "demo_e1_s11.pth"
-    # As GPT-SoVITS inference does: plain torch.load, config wrapped as attributes, weights loaded.
-    raw = torch.load(export, map_location="cpu", weights_only=False)
-    assert set(raw) == {"weight", "config", "info"} and raw["info"] == "1epoch_11iteration"
-    model_cfg = dict(raw["config"]["model"])
-    model_cfg["spec_channels"] = raw["config"]["data"]["filter_length"] // 2 + 1
-    model_cfg["segment_size"] = raw["config"]["train"]["segment_size"] // raw["config"]["data"]["hop_length"]
-    generator = SynthesizerTrn(SoVITSConfig.from_dict(model_cfg))
-    missing, unexpected = generator.load_state_dict(raw["weight"], strict=False)
-    assert not unexpected and missing and all(key.startswith("enc_q.") for key in missing)
-    assert all(t.dtype == torch.float16 for t in raw["weight"].values() if t.is_floating_point())
+    load_sovits_export_the_official_way(export, info="1epoch_11iteration")
 
     assert cli_main(["inspect", str(export), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

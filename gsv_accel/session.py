@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, CheckpointWriteError
@@ -150,6 +150,8 @@ class TrainingSession:
         for obj in (*stateful, self.progress, self.plateau):
             acc.register_for_checkpointing(obj)
         if self.resume_from is not None:
+            check_same_engine(self.resume_from.path,
+                              deepspeed=acc.distributed_type == DistributedType.DEEPSPEED)
             self._load_state(self.resume_from.path)
             ensure_rng_restored(self.resume_from, acc.process_index, self.seed, acc.device.type)
             self.sampler.load_state_dict(self.progress.sampler)
@@ -423,6 +425,25 @@ class TrainingSession:
         except (OSError, RuntimeError) as end_err:  # a tracker flushing to the same full disk
             logger.warning("ending the trackers failed too: %s", end_err)
         return EXIT_CODE_CHECKPOINT_WRITE
+
+
+def check_same_engine(checkpoint: Path, *, deepspeed: bool) -> None:
+    """Refuse to resume a DeepSpeed checkpoint without DeepSpeed or the other way round: DeepSpeed
+    stores the models and the partitioned optimizer states in its own files (`pytorch_model/`), which
+    `load_state` of the other kind cannot read."""
+    written_by_deepspeed = (Path(checkpoint) / "pytorch_model").is_dir()
+    if written_by_deepspeed == deepspeed:
+        return
+    if written_by_deepspeed:
+        raise CheckpointError(
+            f"{checkpoint} was written under DeepSpeed and this run is not: resume it with the same "
+            "DeepSpeed accelerate config (`accelerate launch --config_file recipes/accelerate/"
+            "deepspeed_zero2.yaml ...`), or start a new run without DeepSpeed from its export "
+            "(train.pretrained_s2G=<run>/exports/<file>.pth)")
+    raise CheckpointError(
+        f"{checkpoint} was written without DeepSpeed and this run uses it: resume it without DeepSpeed "
+        "(the accelerate config it was started with), or start a new DeepSpeed run from its export "
+        "(train.pretrained_s2G=<run>/exports/<file>.pth)")
 
 
 class TrainingSpeed:

@@ -127,16 +127,27 @@ def test_zero2_cpu_trains_saves_resumes_exactly_and_exports(tmp_path: Path, demo
 
 @pytest.mark.slow
 @needs_deepspeed
-def test_zero2_single_process_fp32_reproduces_the_plain_recipe_bitwise(tmp_path: Path,
-                                                                       demo_dataset: Path) -> None:
+def test_zero2_fp32_equals_the_plain_recipe_and_resumes_only_under_deepspeed(tmp_path: Path,
+                                                                              demo_dataset: Path) -> None:
     """One process, fp32: ZeRO-2's partitioned fp32 optimizer must compute what the plain AdamW step
-    does, so 13 steps (across the first epoch's end (11 steps) and its LR decay) give identical weights."""
+    does, so 13 steps (across the first epoch's end (11 steps) and its LR decay) give identical weights.
+    Resuming either run under the other kind of launcher is refused with a message."""
     settings = ("train.max_steps=13", "checkpoint.every_n_steps=13")
     plain = S2Run(tmp_path / "plain", demo_dataset, *settings)
     plain.run()
     zero2 = DeepSpeedS2Run(tmp_path / "zero2", demo_dataset, *settings)
     zero2.run()
     assert_same_weights(zero2.final_weights(), plain.final_weights())
+
+    # A checkpoint resumes only under the kind of launcher that wrote it, with a message saying so.
+    longer = ("train.max_steps=14", "checkpoint.every_n_steps=13")
+    before = {run: [p.name for p in run.checkpoints()] for run in (plain, zero2)}
+    result = S2Run(zero2.run_dir, demo_dataset, *longer).run("--resume", "auto", expect=EXIT_CODE_USER_ERROR)
+    assert "was written under DeepSpeed and this run is not" in result.stderr, result.stderr[-3000:]
+    result = DeepSpeedS2Run(plain.run_dir, demo_dataset, *longer).run("--resume", "auto", expect=1)
+    assert f"failed (exitcode: {EXIT_CODE_USER_ERROR})" in result.stderr
+    assert "was written without DeepSpeed and this run uses it" in result.stderr
+    assert {run: [p.name for p in run.checkpoints()] for run in (plain, zero2)} == before  # nothing written
 
 
 def _engine_state(folder: Path) -> dict:

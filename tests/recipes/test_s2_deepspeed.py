@@ -224,3 +224,30 @@ def test_s1_refuses_deepspeed_and_names_the_launchers_to_use(tmp_path: Path, dem
     assert f"failed (exitcode: {EXIT_CODE_USER_ERROR})" in result.stderr, result.stderr[-3000:]
     assert "s1: error: the S1 recipe does not run under DeepSpeed" in result.stderr
     assert "single_gpu.yaml or multi_gpu.yaml" in result.stderr
+
+
+@pytest.mark.slow
+@needs_deepspeed
+def test_zero2_early_stop_restores_and_exports_the_best_weights(tmp_path: Path, demo_dataset: Path) -> None:
+    """The plateau controller under DeepSpeed: the best weights are loaded back into both engines
+    (module and ZeRO's fp32 master copy, which is what the final checkpoint's consolidated weights
+    come from) and exported."""
+    from gsv_accel.deepspeed_support import consolidated_state_dict
+    from gsv_accel.formats import load_gsv_file
+
+    run = DeepSpeedS2Run(tmp_path / "early_stop", demo_dataset, "train.epochs=30",
+                         "validation.every_n_steps=1", "validation.every_n_epochs=null",
+                         "checkpoint.every_n_epochs=null", "plateau.max_reductions=0", "plateau.patience=1")
+    run.run()
+    evaluations = [(int(step), float(value)) for step, value in
+                   re.findall(r"step (\d+) epoch \d+: val/mel_loss = ([0-9.]+)", run.log)]
+    assert "training stopped: early_stop" in run.log and evaluations[-1][0] < 30 * 11
+    best_step = min(evaluations, key=lambda e: e[1])[0]
+    assert best_step < evaluations[-1][0], "the last evaluation should not be the best one here"
+    best = run.run_dir / "checkpoints" / f"step_{best_step:08d}"
+    best_weights = {"generator": consolidated_state_dict(best),
+                    "discriminator": consolidated_state_dict(best / "discriminator")}
+    assert_same_weights(run.final_weights(), best_weights)
+    [best_export] = (run.run_dir / "exports").glob(f"demo_best_e*_s{best_step}.pth")
+    for key, tensor in load_gsv_file(best_export).state_dict.items():
+        assert torch.equal(tensor, best_weights["generator"][key].half()), key

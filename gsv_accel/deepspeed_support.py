@@ -89,7 +89,8 @@ def configure_plugins(accelerator: Accelerator, *, micro_batch_size: int, grad_c
 FP16_UNSUPPORTED = (
     "fp16 under DeepSpeed is not supported by the S2 recipe: DeepSpeed's fp16 section casts the whole "
     "model to fp16 (the quantizer needs its fp32 codebook), and its torch_autocast fp16 mode with ZeRO "
-    "skips an overflowing step without lowering the loss scale and does not checkpoint the scale. Use "
+    "skips an overflowing step without lowering the loss scale, clips the scaled gradients and does not "
+    "checkpoint the scale. Use "
     "bf16 with DeepSpeed (mixed_precision: bf16), or fp16 without DeepSpeed (multi_gpu.yaml, one loss "
     "scaler shared by both models)")
 

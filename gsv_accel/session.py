@@ -17,7 +17,9 @@ what every run needs around them and must do identically:
 
 The recipe plugs in three callables: `validate() -> float` (the metric, already averaged over
 processes), `export(state_source, epoch, step, tag)` and `load_weights(checkpoint_folder)` (the
-models' weights from a checkpoint, for best-weight restore).
+models' weights from a checkpoint, for best-weight restore). `run_recipe` is the command line both
+recipes share (config + overrides, `--resume`, exit codes); `TrainingSpeed` the steps/s and peak
+memory they report.
 """
 
 from __future__ import annotations

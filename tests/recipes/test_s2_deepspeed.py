@@ -1,8 +1,9 @@
 """The S2 recipe under DeepSpeed ZeRO-2 (one engine per model, two Accelerators), single process on
 the CPU (`DS_ACCELERATOR=cpu`; DeepSpeed runs only one process on a CPU through Accelerate): it trains,
 saves DeepSpeed checkpoints (the discriminator's in `discriminator/`), resumes to exactly the weights of
-an uninterrupted run (also with bf16 autocast and gradient accumulation), exports a generator file that
-loads the GPT-SoVITS way, skips non-finite steps and refuses fp16."""
+an uninterrupted run (also with bf16 autocast and gradient accumulation), equals the plain recipe in
+fp32, exports a generator file that loads the GPT-SoVITS way, restores the best weights at an early
+stop, skips non-finite steps, and refuses fp16, S1, and checkpoints of the other kind of launcher."""
 
 from __future__ import annotations
 

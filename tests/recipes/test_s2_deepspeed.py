@@ -1,9 +1,10 @@
-"""The S2 recipe under DeepSpeed ZeRO-2 (one engine per model, two Accelerators), single process on
-the CPU (`DS_ACCELERATOR=cpu`; DeepSpeed runs only one process on a CPU through Accelerate): it trains,
-saves DeepSpeed checkpoints (the discriminator's in `discriminator/`), resumes to exactly the weights of
-an uninterrupted run (also with bf16 autocast and gradient accumulation), equals the plain recipe in
-fp32, exports a generator file that loads the GPT-SoVITS way, restores the best weights at an early
-stop, skips non-finite steps, and refuses fp16, S1, and checkpoints of the other kind of launcher."""
+"""The S2 recipe under DeepSpeed ZeRO-2 (and ZeRO-1; one engine per model, two Accelerators), one
+process on the CPU (`DS_ACCELERATOR=cpu`; DeepSpeed runs only one process on a CPU through Accelerate):
+it trains, saves DeepSpeed checkpoints (the discriminator's in `discriminator/`), resumes to exactly the
+weights of an uninterrupted run (also with bf16 autocast and gradient accumulation, ZeRO-1 too), equals
+the plain recipe in fp32, exports a generator file that loads the GPT-SoVITS way, restores the best
+weights at an early stop, skips non-finite steps, and refuses fp16, S1, and checkpoints of the other
+kind of launcher."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
     reason="DeepSpeed is an optional extra (pip install 'gsv_accel[deepspeed]')")
 
-ZERO2 = REPO / "recipes" / "accelerate" / "deepspeed_zero2.yaml"
+ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate"
 SETTINGS = ("checkpoint.every_n_steps=3",)
 
 
@@ -43,17 +44,20 @@ def _free_port() -> int:
 
 
 class DeepSpeedS2Run(S2Run):
-    """`accelerate launch --config_file deepspeed_zero2.yaml --num_processes 1` on the CPU."""
+    """`accelerate launch --config_file deepspeed_zero<stage>.yaml --num_processes 1` on the CPU."""
 
-    def __init__(self, run_dir: Path, dataset: Path, *overrides: str, mixed_precision: str = "no") -> None:
+    def __init__(self, run_dir: Path, dataset: Path, *overrides: str, mixed_precision: str = "no",
+                 stage: int = 2) -> None:
         super().__init__(run_dir, dataset, *overrides)
         self.mixed_precision = mixed_precision
+        self.accelerate_config = ACCELERATE_CONFIGS / f"deepspeed_zero{stage}.yaml"
 
     def command(self, *extra: str, processes: int = 1) -> list[str]:
         assert processes == 1, "DeepSpeed on a CPU runs one process only"
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO2),
-                    "--num_processes", "1", "--mixed_precision", self.mixed_precision,
-                    "--main_process_port", str(_free_port()), str(self.recipe)]
+        launcher = [sys.executable, "-m", "accelerate.commands.launch",
+                    "--config_file", str(self.accelerate_config), "--num_processes", "1",
+                    "--mixed_precision", self.mixed_precision, "--main_process_port", str(_free_port()),
+                    str(self.recipe)]
         return [*launcher, "--config", str(self.config), *self.overrides, *extra]
 
     def run(self, *extra: str, **kwargs):
@@ -159,13 +163,15 @@ def _engine_state(folder: Path) -> dict:
 
 @pytest.mark.slow
 @needs_deepspeed
-def test_zero2_bf16_as_autocast_with_accumulation_resumes_exactly(tmp_path: Path, demo_dataset: Path) -> None:
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_bf16_as_autocast_with_accumulation_resumes_exactly(tmp_path: Path, demo_dataset: Path,
+                                                                 stage: int) -> None:
     settings = ("checkpoint.every_n_steps=2", "train.grad_accum=2")
     uninterrupted = DeepSpeedS2Run(tmp_path / "uninterrupted", demo_dataset, *settings, "train.max_steps=4",
-                                   mixed_precision="bf16")
+                                   mixed_precision="bf16", stage=stage)
     uninterrupted.run()
     resumed = DeepSpeedS2Run(tmp_path / "resumed", demo_dataset, *settings, "train.max_steps=2",
-                             mixed_precision="bf16")
+                             mixed_precision="bf16", stage=stage)
     resumed.run()
     resumed.overrides[-1] = "train.max_steps=4"
     resumed.run("--resume", "auto")
@@ -173,14 +179,15 @@ def test_zero2_bf16_as_autocast_with_accumulation_resumes_exactly(tmp_path: Path
     assert_same_weights(resumed.final_weights(), uninterrupted.final_weights())
     assert re.search(r"speed: [0-9.]+ training steps/s over 2 steps of this process", resumed.log)
 
-    # What the engines ran: bf16 through torch.autocast over fp32 weights (not DeepSpeed's bf16 section,
-    # which would cast the model), 4 optimizer steps of 2 micro-batches of 4 utterances each.
+    # What the engines ran: ZeRO `stage`, bf16 through torch.autocast over fp32 weights (not DeepSpeed's
+    # bf16 section, which would cast the model), 4 optimizer steps of 2 micro-batches of 4 utterances.
     latest = uninterrupted.checkpoints()[-1]
     for folder in (latest, latest / "discriminator"):
         state = _engine_state(folder)
         config = state["ds_config"]
         assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
         assert not config["bf16"]["enabled"] and config["gradient_accumulation_steps"] == 2
+        assert config["zero_optimization"]["stage"] == stage
         assert (state["global_steps"], state["global_samples"], state["skipped_steps"]) == (4, 32, 0)
         assert {t.dtype for t in state["module"].values() if t.is_floating_point()} == {torch.float32}
 

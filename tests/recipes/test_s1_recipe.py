@@ -14,7 +14,7 @@ from gsv_accel.models.gpt import GPTConfig, GPTLightningLayout, Text2SemanticDec
 
 from .conftest import assert_same_weights
 
-# 36 training utterances in batches of 6: 6 or 7 steps per epoch (bucketing), 3 epochs.
+# 36 training utterances in batches of up to 6: 8 steps per epoch (length buckets), 3 epochs.
 RESUME_SETTINGS = ("train.epochs=3", "checkpoint.every_n_steps=4", "checkpoint.keep_last=20",
                    "plateau.enabled=false")
 
@@ -77,3 +77,19 @@ def test_two_process_run_trains_and_resumes_with_one(s1_run):
     final = verify_checkpoint(run.checkpoints()[-1])
     assert final.manifest["world_size"] == 1 and final.epoch == 2
     assert len(_val_losses(run.log)) == 2
+
+
+def test_gradient_accumulation_counts_steps_and_resumes_mid_epoch_exactly(s1_run):
+    """train.grad_accum=3 (the official config uses 4): an epoch's 8 batches make 2 optimizer steps and
+    2 left-over batches, the per-step LR schedule counts optimizer steps, and a resume from step 2 (the
+    last full step of the first epoch, its left-over batches still unread) continues bitwise."""
+    settings = ("train.epochs=3", "train.grad_accum=3", "checkpoint.every_n_steps=2", "plateau.enabled=false")
+    reference = s1_run("accumulated", *settings)
+    reference.run()
+    assert "training stopped: finished at step 6, epoch 3" in reference.log
+    run = s1_run("accumulated_resumed", *settings, "train.max_steps=2")
+    run.run()
+    run.overrides[-1] = "train.max_steps=null"
+    run.run("--resume", "auto")
+    assert f"resumed from {run.run_dir / 'checkpoints' / 'step_00000002'}: step 2, epoch 0" in run.log
+    assert_same_weights(run.final_weights(), reference.final_weights())

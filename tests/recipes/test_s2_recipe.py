@@ -77,6 +77,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_documented_code(s2_run, u
     assert_same_weights(run.final_weights(), uninterrupted.final_weights())
 
 
+def test_gradient_accumulation_counts_steps_and_resumes_mid_epoch_exactly(s2_run):
+    """train.grad_accum=2: an optimizer step takes two of an epoch's 11 batches (5 steps, the odd batch
+    left over), and a resume from step 3 (6 batches into the epoch) continues bitwise."""
+    settings = ("train.epochs=2", "train.grad_accum=2", "checkpoint.every_n_steps=3")
+    uninterrupted = s2_run("accumulated", *settings)
+    uninterrupted.run()
+    assert "training stopped: finished at step 10, epoch 2" in uninterrupted.log
+    run = s2_run("accumulated_resumed", *settings, "train.max_steps=3")
+    run.run()
+    run.overrides[-1] = "train.max_steps=null"
+    run.run("--resume", "auto")
+    assert f"resumed from {run.run_dir / 'checkpoints' / 'step_00000003'}: step 3, epoch 0" in run.log
+    assert_same_weights(run.final_weights(), uninterrupted.final_weights())
+
+
 def test_short_run_with_long_save_interval_still_leaves_final_checkpoint_and_export(s2_run):
     run = s2_run("short", "train.epochs=2", "checkpoint.every_n_epochs=4", "checkpoint.save_on_best=false")
     run.run()

@@ -1,10 +1,10 @@
 """The S2 recipe under DeepSpeed ZeRO-2 (and ZeRO-1; one engine per model, two Accelerators), one
 process on the CPU (`DS_ACCELERATOR=cpu`; DeepSpeed runs only one process on a CPU through Accelerate):
 it trains, saves DeepSpeed checkpoints (the discriminator's in `discriminator/`), resumes to exactly the
-weights of an uninterrupted run (also with bf16 autocast and gradient accumulation, ZeRO-1 too), equals
-the plain recipe in fp32, exports a generator file that loads the GPT-SoVITS way, restores the best
-weights at an early stop, skips non-finite steps, and refuses fp16, S1, and checkpoints of the other
-kind of launcher."""
+weights of an uninterrupted run (also with bf16 autocast and gradient accumulation, ZeRO-1 too, and
+after a kill inside a save), equals the plain recipe in fp32, exports a generator file that loads the
+GPT-SoVITS way, restores the best weights at an early stop, skips non-finite steps, and refuses fp16,
+S1, and checkpoints of the other kind of launcher."""
 
 from __future__ import annotations
 
@@ -153,6 +153,25 @@ def test_zero2_fp32_equals_the_plain_recipe_and_resumes_only_under_deepspeed(tmp
     assert f"failed (exitcode: {EXIT_CODE_USER_ERROR})" in result.stderr
     assert "was written without DeepSpeed and this run uses it" in result.stderr
     assert {run: [p.name for p in run.checkpoints()] for run in (plain, zero2)} == before  # nothing written
+
+
+@pytest.mark.slow
+@needs_deepspeed
+def test_zero2_killed_inside_a_save_resumes_from_the_previous_complete_checkpoint(tmp_path: Path,
+                                                                                 demo_dataset: Path) -> None:
+    """SIGKILL after DeepSpeed wrote checkpoint 6's files, before its manifest: the staging folder is
+    left behind and ignored, the resume starts from step 3, and the end matches an uninterrupted run."""
+    settings = ("checkpoint.every_n_steps=3", "train.max_steps=9")
+    uninterrupted = DeepSpeedS2Run(tmp_path / "uninterrupted", demo_dataset, *settings)
+    uninterrupted.run()
+    run = DeepSpeedS2Run(tmp_path / "killed", demo_dataset, *settings)
+    result = run.run(expect=1, env={"GSV_ACCEL_FAULT": "kill_in_save:6"})
+    assert "failed (exitcode: -9)" in result.stderr, result.stderr[-3000:]
+    staged = sorted(p.name for p in (run.run_dir / "checkpoints").iterdir())
+    assert staged == [".incomplete-step_00000006", "step_00000003"]
+    run.run("--resume", "auto")
+    assert f"resumed from {run.run_dir / 'checkpoints' / 'step_00000003'}" in run.log
+    assert_same_weights(run.final_weights(), uninterrupted.final_weights())
 
 
 def _engine_state(folder: Path) -> dict:

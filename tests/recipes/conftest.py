@@ -118,6 +118,16 @@ class S1Run(S2Run):
         return {"gpt": load_file(str(self.checkpoints()[-1] / "model.safetensors"))}
 
 
+def run_in_two_legs(run: S2Run, stop_at: int, end: int | None = None) -> None:
+    """Run to optimizer step `stop_at` (train.max_steps), then `--resume auto` to step `end` (None: the
+    end the settings give), and check the second leg resumed from the checkpoint of step `stop_at`."""
+    run.overrides.append(f"train.max_steps={stop_at}")
+    run.run()
+    run.overrides[-1] = f"train.max_steps={'null' if end is None else end}"
+    run.run("--resume", "auto")
+    assert f"resumed from {run.run_dir / 'checkpoints' / f'step_{stop_at:08d}'}: step {stop_at}," in run.log
+
+
 def load_sovits_export_the_official_way(export: Path, info: str) -> dict[str, torch.Tensor]:
     """Load an S2 export as GPT-SoVITS inference does (plain `torch.load`, the config used as
     attributes, the generator built from it and `load_state_dict(strict=False)` with only `enc_q.*`

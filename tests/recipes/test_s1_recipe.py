@@ -12,7 +12,7 @@ import torch
 from gsv_accel.checkpoint import verify_checkpoint
 from gsv_accel.models.gpt import GPTConfig, GPTLightningLayout, Text2SemanticDecoder
 
-from .conftest import assert_same_weights
+from .conftest import assert_same_weights, run_in_two_legs
 
 # 36 training utterances in batches of up to 6: 8 steps per epoch (length buckets), 3 epochs.
 RESUME_SETTINGS = ("train.epochs=3", "checkpoint.every_n_steps=4", "checkpoint.keep_last=20",
@@ -87,9 +87,6 @@ def test_gradient_accumulation_counts_steps_and_resumes_mid_epoch_exactly(s1_run
     reference = s1_run("accumulated", *settings)
     reference.run()
     assert "training stopped: finished at step 6, epoch 3" in reference.log
-    run = s1_run("accumulated_resumed", *settings, "train.max_steps=2")
-    run.run()
-    run.overrides[-1] = "train.max_steps=null"
-    run.run("--resume", "auto")
-    assert f"resumed from {run.run_dir / 'checkpoints' / 'step_00000002'}: step 2, epoch 0" in run.log
+    run = s1_run("accumulated_resumed", *settings)
+    run_in_two_legs(run, stop_at=2)
     assert_same_weights(run.final_weights(), reference.final_weights())

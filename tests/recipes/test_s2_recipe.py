@@ -15,7 +15,7 @@ import pytest
 from gsv_accel.checkpoint import verify_checkpoint
 from gsv_accel.training import EXIT_CODE_SIGTERM
 
-from .conftest import S2Run, assert_same_weights, load_sovits_export_the_official_way
+from .conftest import S2Run, assert_same_weights, load_sovits_export_the_official_way, run_in_two_legs
 
 # Two epochs of 11 steps, checkpoints every 3 steps and at each epoch end.
 RESUME_SETTINGS = ("train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=10")
@@ -84,11 +84,8 @@ def test_gradient_accumulation_counts_steps_and_resumes_mid_epoch_exactly(s2_run
     uninterrupted = s2_run("accumulated", *settings)
     uninterrupted.run()
     assert "training stopped: finished at step 10, epoch 2" in uninterrupted.log
-    run = s2_run("accumulated_resumed", *settings, "train.max_steps=3")
-    run.run()
-    run.overrides[-1] = "train.max_steps=null"
-    run.run("--resume", "auto")
-    assert f"resumed from {run.run_dir / 'checkpoints' / 'step_00000003'}: step 3, epoch 0" in run.log
+    run = s2_run("accumulated_resumed", *settings)
+    run_in_two_legs(run, stop_at=3)
     assert_same_weights(run.final_weights(), uninterrupted.final_weights())
 
 

@@ -97,6 +97,25 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 # ---------------------------------------------------------------------------- sections shared by recipes
 
 
+def check_training_loop(train: Any) -> None:
+    """Check the `train:` settings every recipe shares (the loop's and `TrainingSession`'s): raise
+    ValueError naming the key."""
+    if train.epochs < 1:
+        raise ValueError(f"train.epochs must be >= 1, got {train.epochs}")
+    if train.learning_rate <= 0:
+        raise ValueError(f"train.learning_rate must be > 0, got {train.learning_rate}")
+    if train.grad_accum < 1:
+        raise ValueError(f"train.grad_accum must be >= 1, got {train.grad_accum}")
+    if train.grad_clip is not None and train.grad_clip <= 0:
+        raise ValueError(f"train.grad_clip must be > 0 or null, got {train.grad_clip}")
+    if train.on_nonfinite not in ("rollback", "stop"):
+        raise ValueError(f"train.on_nonfinite must be 'rollback' or 'stop', got {train.on_nonfinite!r}")
+    if train.max_nonfinite_steps < 1:
+        raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {train.max_nonfinite_steps}")
+    if not 0 < train.rollback_lr_factor < 1:
+        raise ValueError(f"train.rollback_lr_factor must be in (0, 1), got {train.rollback_lr_factor}")
+
+
 @dataclass
 class RunConfig:
     """Where a run lives and how it is seeded."""

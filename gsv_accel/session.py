@@ -103,6 +103,16 @@ class TrainingSession:
         # Extra Accelerators (one DeepSpeed engine each) saved/loaded in checkpoint subfolders.
         self.extra_states: dict[str, Accelerator] = {}
 
+    @classmethod
+    def from_config(cls, cfg: Any, shape_sections: Sequence[str] = ("model",)) -> TrainingSession:
+        """The session of a recipe config with the shared sections (`run`, `train`, `validation`,
+        `checkpoint`, `plateau`, `tracking`); `shape_sections` may not change on resume."""
+        train = cfg.train
+        return cls(run_dir=cfg.run.output_dir, seed=cfg.run.seed, config=cfg, checkpoint=cfg.checkpoint,
+                   validation=cfg.validation, plateau=cfg.plateau, tracking=cfg.tracking,
+                   max_nonfinite_steps=train.max_nonfinite_steps, on_nonfinite=train.on_nonfinite,
+                   rollback_lr_factor=train.rollback_lr_factor, shape_sections=shape_sections)
+
     # ------------------------------------------------------------------------------ start-up
     def start(self, resume: str | None, deepspeed_models: Sequence[str] = ()) -> Accelerator:
         """Create the Accelerator and the run folder's logging, and decide where to resume from

@@ -35,7 +35,14 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, to_dict
+from gsv_accel.config import (
+    CheckpointConfig,
+    ConfigError,
+    RunConfig,
+    ValidationConfig,
+    check_training_loop,
+    to_dict,
+)
 from gsv_accel.data.dataset import DatasetCompatibilityError, load_prepared
 from gsv_accel.data.s1 import S1Collate, S1Filter, filter_items
 from gsv_accel.data.sampler import LengthBucketBatchSampler
@@ -97,16 +104,9 @@ class S1TrainConfig:
     pretrained_s1: str | None = None  # an official GPT .ckpt export or a Lightning checkpoint
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        check_training_loop(self)
         if self.loss_reduction not in ("sum", "mean"):
             raise ValueError(f"train.loss_reduction must be 'sum' or 'mean', got {self.loss_reduction!r}")
-        if self.grad_accum < 1:
-            raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
-        if self.on_nonfinite not in ("rollback", "stop"):
-            raise ValueError(f"train.on_nonfinite must be 'rollback' or 'stop', got {self.on_nonfinite!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -149,12 +149,7 @@ class S1Recipe:
     def __init__(self, cfg: S1Config, resume: str | None) -> None:
         self.cfg = cfg
         self.resume = resume
-        tc = cfg.train
-        self.session = TrainingSession(
-            run_dir=cfg.run.output_dir, seed=cfg.run.seed, config=cfg, checkpoint=cfg.checkpoint,
-            validation=cfg.validation, plateau=cfg.plateau, tracking=cfg.tracking,
-            max_nonfinite_steps=tc.max_nonfinite_steps, on_nonfinite=tc.on_nonfinite,
-            rollback_lr_factor=tc.rollback_lr_factor, shape_sections=("model",))
+        self.session = TrainingSession.from_config(cfg)
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:

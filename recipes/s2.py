@@ -37,7 +37,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
-from gsv_accel.config import CheckpointConfig, RunConfig, ValidationConfig, to_dict
+from gsv_accel.config import CheckpointConfig, RunConfig, ValidationConfig, check_training_loop, to_dict
 from gsv_accel.data.dataset import S2Collate, load_prepared
 from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
 from gsv_accel.formats import (
@@ -121,22 +121,9 @@ class S2TrainConfig:
     pretrained_s2D: str | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
-        if self.grad_accum < 1:
-            raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
+        check_training_loop(self)
         if len(self.betas) != 2:
             raise ValueError(f"train.betas must have two values, got {self.betas}")
-        if self.on_nonfinite not in ("rollback", "stop"):
-            raise ValueError(f"train.on_nonfinite must be 'rollback' or 'stop', got {self.on_nonfinite!r}")
-        if self.max_nonfinite_steps < 1:
-            raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
-        if not 0 < self.rollback_lr_factor < 1:
-            raise ValueError(f"train.rollback_lr_factor must be in (0, 1), got {self.rollback_lr_factor}")
 
 
 @dataclass
@@ -189,12 +176,7 @@ class S2Recipe:
     def __init__(self, cfg: S2Config, resume: str | None) -> None:
         self.cfg = cfg
         self.resume = resume
-        tc = cfg.train
-        self.session = TrainingSession(
-            run_dir=cfg.run.output_dir, seed=cfg.run.seed, config=cfg, checkpoint=cfg.checkpoint,
-            validation=cfg.validation, plateau=cfg.plateau, tracking=cfg.tracking,
-            max_nonfinite_steps=tc.max_nonfinite_steps, on_nonfinite=tc.on_nonfinite,
-            rollback_lr_factor=tc.rollback_lr_factor, shape_sections=("model", "discriminator"))
+        self.session = TrainingSession.from_config(cfg, shape_sections=("model", "discriminator"))
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:

@@ -69,3 +69,24 @@ def test_changed_keys_lists_dotted_differences():
     old = {"train": {"epochs": 2, "lr": 1.0}, "model": {"n_layers": 6}}
     new = {"train": {"epochs": 4, "lr": 1.0}, "model": {"n_layers": 6, "extra": 1}}
     assert changed_keys(old, new) == ["model.extra", "train.epochs"]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("epochs", 0, "train.epochs must be >= 1"),
+    ("learning_rate", 0.0, "train.learning_rate must be > 0"),
+    ("grad_accum", 0, "train.grad_accum must be >= 1"),
+    ("grad_clip", 0.0, "train.grad_clip must be > 0 or null"),
+    ("on_nonfinite", "ignore", "train.on_nonfinite must be 'rollback' or 'stop'"),
+    ("max_nonfinite_steps", 0, "train.max_nonfinite_steps must be >= 1"),
+    ("rollback_lr_factor", 1.0, r"train.rollback_lr_factor must be in \(0, 1\)"),
+])
+def test_training_loop_settings_shared_by_the_recipes_are_checked_alike(key, value, message) -> None:
+    from types import SimpleNamespace
+
+    from gsv_accel.config import check_training_loop
+
+    good = dict(epochs=1, learning_rate=1e-4, grad_accum=1, grad_clip=None, on_nonfinite="rollback",
+                max_nonfinite_steps=3, rollback_lr_factor=0.5)
+    check_training_loop(SimpleNamespace(**good))
+    with pytest.raises(ValueError, match=message):
+        check_training_loop(SimpleNamespace(**{**good, key: value}))

@@ -34,17 +34,11 @@ One torch thread by default (`--threads`; why: see `bench_s2.py`). Single proces
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import math
-import shutil
-import statistics
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -53,7 +47,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `recipes` is not an installed package
 sys.path.insert(0, str(REPO / "benchmarks"))  # the S2 benchmark's timing helpers
 
-from bench_s2 import StepTimer, _sync, max_diff, mean, per_step_median  # noqa: E402
+from bench_s2 import (  # noqa: E402
+    StepTimer,
+    _sync,
+    call_rows,
+    collect_runs,
+    lockstep_overhead,
+    max_diff,
+    mean,
+    parse_bench_args,
+    per_step_median,
+    report,
+)
 
 from recipes.s1 import DEFAULT_CONFIG, S1Config, S1Recipe, warmup_cosine  # noqa: E402
 
@@ -226,40 +231,15 @@ def run_recipe(cfg: S1Config, batches: list[dict] | None, paired: bool = False) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120,
-                        help="optimizer steps per run (default 120: the demo's 15 epochs of 8 steps)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each kind (medians are reported)")
-    parser.add_argument("--dataset", type=Path, default=REPO / "runs" / "demo_dataset_s1",
-                        help="prepared GPT-stage demo dataset (prepared into a temp folder if missing)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1; 0: torch's default, one per core)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results and raw timings here")
-    args = parser.parse_args()
-    if args.warmup < 0 or args.steps < args.warmup + 2 or args.repeats < 1:
-        parser.error("need --warmup >= 0, --steps >= --warmup + 2 and --repeats >= 1")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    import datasets
-
-    from gsv_accel.formats import OfficialCompatibilityWarning
-
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", category=OfficialCompatibilityWarning)  # the demo's tiny widths
-    work = Path(tempfile.mkdtemp(prefix="gsv_bench_s1_"))
-    runs: dict[str, list[dict]] = {"cadence": [], "paired": []}
-    try:
-        dataset = ensure_dataset(args.dataset.resolve(), work)
-        batches = collate_epoch(load_cfg(dataset, work / "unused", args.steps, 1, cadence=False))
-        for repeat in range(args.repeats):
-            for kind in runs:
-                print(f"repeat {repeat + 1}/{args.repeats}: {kind}", file=sys.stderr)
-                cfg = load_cfg(dataset, work / f"{kind}{repeat}", args.steps, len(batches),
-                               cadence=kind == "cadence")
-                runs[kind].append(run_recipe(cfg, None if kind == "cadence" else batches, kind == "paired"))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    args = parse_bench_args(
+        __doc__.splitlines()[0], default_steps=120,
+        steps_help="optimizer steps per run (default 120: the demo's 15 epochs of 8 steps)",
+        default_dataset=REPO / "runs" / "demo_dataset_s1",
+        dataset_help="prepared GPT-stage demo dataset (prepared into a temp folder if missing)")
+    runs, batches = collect_runs(
+        args, "s1", ensure_dataset,
+        lambda dataset, out, per_epoch, cadence: load_cfg(dataset, out, args.steps, per_epoch or 1, cadence),
+        collate_epoch, run_recipe)
 
     cadence, paired, warm = runs["cadence"], runs["paired"], args.warmup
     cadence_steps = per_step_median(cadence, "step", warm)
@@ -270,13 +250,7 @@ def main() -> None:
     bare_steps = per_step_median(paired, "bare", warm)
     paired_tokens = per_step_median(paired, "tokens", warm)
     outside = mean(per_step_median(paired, "step", warm, minus="inside"))
-    pairs = [sum(run["step"][i:i + 2]) / sum(run["bare"][i:i + 2])
-             for run in paired for i in range(warm, len(run["step"]) - 1, 2)]
-    overhead = statistics.median(pairs) - 1
-
-    def per_call(kind: str) -> float:
-        calls = [seconds for run in cadence for seconds in run[kind]]
-        return statistics.median(calls) if calls else float("nan")
+    overhead, pairs = lockstep_overhead(paired, warm)
 
     def tokens_per_s(times: list[float], counts: list[float]) -> float:
         n = min(len(times), len(counts))
@@ -292,9 +266,7 @@ def main() -> None:
          tokens_per_s(train_steps, tokens), "tokens / s")
     _row("demo cadence: data wait, share of a training step", 100 * data_wait / mean(train_steps), "%")
     _row("demo cadence: data wait per step (next(loader) + to(device))", 1e3 * data_wait, "ms")
-    _row("demo cadence: one validation (all validation utterances)", 1e3 * per_call("validate"), "ms")
-    _row("demo cadence: one checkpoint (save_state + manifest + prune)", 1e3 * per_call("save"), "ms")
-    _row("demo cadence: finish (final checkpoint + exports)", 1e3 * per_call("finish"), "ms")
+    RESULTS.extend(call_rows(cadence))
     _row("training only, pre-collated batches: recipe", 1 / mean(recipe_steps), "steps / s")
     _row("training only, pre-collated batches: recipe tokens/s", tokens_per_s(recipe_steps, paired_tokens),
          "tokens / s")
@@ -306,19 +278,8 @@ def main() -> None:
     _row("bare loop vs recipe: max |weight difference| at the end (0 = same math)",
          max(run["weight_diff"] for run in paired), "")
 
-    device = paired[0]["device"]
-    print(f"\nS1 (GPT) demo config on {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.steps} steps per run ({warm} untimed), "
-          f"{args.repeats} runs of each kind; "
-          f"{mean(tokens):.0f} target tokens per step on average")
-    print(f"{'measurement':<78s} {'value':>10s}  unit")
-    for name, value, unit in RESULTS:
-        print(f"{name:<78s} {value:10.3f}  {unit}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "steps": args.steps, "warmup": warm, "repeats": args.repeats, "pair_ratios": pairs,
-            "results": [{"name": n, "value": v, "unit": u} for n, v, u in RESULTS], "runs": runs}, indent=1))
+    report("S1 (GPT) demo config", RESULTS, args, runs, pairs,
+           note=f"; {mean(tokens):.0f} target tokens per step on average")
 
 
 if __name__ == "__main__":

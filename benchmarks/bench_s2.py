@@ -370,14 +370,15 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=66,
-                        help="optimizer steps per run (default 66: the demo's 6 epochs of 11 steps)")
+def parse_bench_args(description: str, *, default_steps: int, steps_help: str, default_dataset: Path,
+                     dataset_help: str) -> argparse.Namespace:
+    """The options of a recipe benchmark (this one and bench_s1.py); also sets the torch thread count
+    and quiets datasets' progress bars and the demo's tiny-width warning."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=default_steps, help=steps_help)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each kind (medians are reported)")
-    parser.add_argument("--dataset", type=Path, default=REPO / "runs" / "demo_dataset",
-                        help="prepared demo dataset (prepared into a temp folder if missing)")
+    parser.add_argument("--dataset", type=Path, default=default_dataset, help=dataset_help)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1; 0: torch's default, one per core)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results and raw timings here")
@@ -392,18 +393,78 @@ def main() -> None:
 
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=OfficialCompatibilityWarning)  # the demo's tiny widths
-    work = Path(tempfile.mkdtemp(prefix="gsv_bench_s2_"))
+    return args
+
+
+def collect_runs(args: argparse.Namespace, name: str, ensure_dataset, make_cfg, collate_epoch,
+                 run_recipe) -> tuple[dict[str, list[dict]], list[dict]]:
+    """`args.repeats` runs of each kind in a temp folder: "cadence" (the recipe's own loader and
+    cadence) and "paired" (pre-collated epoch-0 batches, in lockstep with the bare loop).
+    `make_cfg(dataset, output_dir, steps_per_epoch, cadence)` builds a run's config (steps_per_epoch
+    None for the one that collates the batches). Returns (runs by kind, the collated batches)."""
+    work = Path(tempfile.mkdtemp(prefix=f"gsv_bench_{name}_"))
     runs: dict[str, list[dict]] = {"cadence": [], "paired": []}
     try:
         dataset = ensure_dataset(args.dataset.resolve(), work)
-        batches = collate_epoch(load_cfg(dataset, work / "unused", args.steps, cadence=False))
+        batches = collate_epoch(make_cfg(dataset, work / "unused", None, False))
         for repeat in range(args.repeats):
             for kind in runs:
                 print(f"repeat {repeat + 1}/{args.repeats}: {kind}", file=sys.stderr)
-                cfg = load_cfg(dataset, work / f"{kind}{repeat}", args.steps, cadence=kind == "cadence")
+                cfg = make_cfg(dataset, work / f"{kind}{repeat}", len(batches), kind == "cadence")
                 runs[kind].append(run_recipe(cfg, None if kind == "cadence" else batches, kind == "paired"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return runs, batches
+
+
+def lockstep_overhead(paired: list[dict], warmup: int) -> tuple[float, list[float]]:
+    """(recipe - bare) / bare: the median over consecutive step pairs of sum(recipe) / sum(bare), minus
+    1; also returns the pair ratios."""
+    pairs = [sum(run["step"][i:i + 2]) / sum(run["bare"][i:i + 2])
+             for run in paired for i in range(warmup, len(run["step"]) - 1, 2)]
+    return statistics.median(pairs) - 1, pairs
+
+
+def median_call(runs: list[dict], kind: str) -> float:
+    """Median seconds of one `kind` call (validate, save, finish) over all runs; NaN if none."""
+    calls = [seconds for run in runs for seconds in run[kind]]
+    return statistics.median(calls) if calls else float("nan")
+
+
+def call_rows(cadence: list[dict]) -> list[tuple[str, float, str]]:
+    """The table rows of the validation, checkpoint and final-save costs (median per call)."""
+    return [(f"demo cadence: {what}", 1e3 * median_call(cadence, kind), "ms") for what, kind in (
+        ("one validation (all validation utterances)", "validate"),
+        ("one checkpoint (save_state + manifest + prune)", "save"),
+        ("finish (final checkpoint + exports)", "finish"))]
+
+
+def report(header: str, results: list[tuple[str, float, str]], args: argparse.Namespace,
+           runs: dict[str, list[dict]], pairs: list[float], note: str = "") -> None:
+    """Print the table (and write `--json`); `note` ends the heading line."""
+    device = runs["paired"][0]["device"]
+    print(f"\n{header} on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{args.steps} steps per run ({args.warmup} untimed), {args.repeats} runs of each kind{note}")
+    print(f"{'measurement':<78s} {'value':>10s}  unit")
+    for name, value, unit in results:
+        print(f"{name:<78s} {value:10.3f}  {unit}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "pair_ratios": pairs,
+            "results": [{"name": n, "value": v, "unit": u} for n, v, u in results], "runs": runs}, indent=1))
+
+
+def main() -> None:
+    args = parse_bench_args(
+        __doc__.splitlines()[0], default_steps=66,
+        steps_help="optimizer steps per run (default 66: the demo's 6 epochs of 11 steps)",
+        default_dataset=REPO / "runs" / "demo_dataset",
+        dataset_help="prepared demo dataset (prepared into a temp folder if missing)")
+    runs, batches = collect_runs(
+        args, "s2", ensure_dataset,
+        lambda dataset, out, _steps_per_epoch, cadence: load_cfg(dataset, out, args.steps, cadence),
+        collate_epoch, run_recipe)
 
     cadence, paired, warm = runs["cadence"], runs["paired"], args.warmup
     cadence_step = mean(per_step_median(cadence, "step", warm))
@@ -412,40 +473,21 @@ def main() -> None:
     recipe = mean(per_step_median(paired, "step", warm))
     bare = mean(per_step_median(paired, "bare", warm))
     outside = mean(per_step_median(paired, "step", warm, minus="inside"))
-    pairs = [sum(run["step"][i:i + 2]) / sum(run["bare"][i:i + 2])
-             for run in paired for i in range(warm, len(run["step"]) - 1, 2)]
-    overhead = statistics.median(pairs) - 1
-
-    def per_call(kind: str) -> float:
-        calls = [seconds for run in cadence for seconds in run[kind]]
-        return statistics.median(calls) if calls else float("nan")
+    overhead, pairs = lockstep_overhead(paired, warm)
 
     _row(f"demo cadence: steps/s (validation every epoch of {len(batches)} steps, checkpoints)",
          1 / cadence_step, "steps / s")
     _row("demo cadence: training steps/s (validation and checkpoints taken out)", 1 / train_step, "steps / s")
     _row("demo cadence: data wait, share of a training step", 100 * data_wait / train_step, "%")
     _row("demo cadence: data wait per step (next(loader) + to(device))", 1e3 * data_wait, "ms")
-    _row("demo cadence: one validation (all validation utterances)", 1e3 * per_call("validate"), "ms")
-    _row("demo cadence: one checkpoint (save_state + manifest + prune)", 1e3 * per_call("save"), "ms")
-    _row("demo cadence: finish (final checkpoint + exports)", 1e3 * per_call("finish"), "ms")
+    RESULTS.extend(call_rows(cadence))
     _row("training only, pre-collated batches: recipe", 1 / recipe, "steps / s")
     _row("training only, pre-collated batches: bare loop (in lockstep)", 1 / bare, "steps / s")
     _row("recipe per step outside train_step (loop bookkeeping)", 1e3 * outside, "ms")
     _row("framework overhead (recipe - bare) / bare (target < 3)", 100 * overhead, "%")
     _row("bare loop vs recipe: max |weight difference| at the end (0 = same math)",
          max(run["weight_diff"] for run in paired), "")
-
-    device = paired[0]["device"]
-    print(f"\nS2 demo config on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{args.steps} steps per run ({warm} untimed), {args.repeats} runs of each kind")
-    print(f"{'measurement':<78s} {'value':>10s}  unit")
-    for name, value, unit in RESULTS:
-        print(f"{name:<78s} {value:10.3f}  {unit}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "steps": args.steps, "warmup": warm, "repeats": args.repeats, "pair_ratios": pairs,
-            "results": [{"name": n, "value": v, "unit": u} for n, v, u in RESULTS], "runs": runs}, indent=1))
+    report("S2 demo config", RESULTS, args, runs, pairs)
 
 
 if __name__ == "__main__":

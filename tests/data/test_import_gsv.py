@@ -5,7 +5,6 @@ reasons; `.pt` files are read without executing pickled code."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import datasets
@@ -17,8 +16,8 @@ import torch
 from gsv_accel.data import prepare as prep
 from gsv_accel.data.dataset import GSVDataset, read_meta
 from gsv_accel.data.import_gsv import add_import_arguments, import_gsv, run_import
+from scripts.make_tiny_hubert import write_tiny_hubert
 
-REPO = Path(__file__).resolve().parents[2]
 BERT_DIM = 1024
 
 
@@ -27,14 +26,6 @@ class Exploit:
 
     def __reduce__(self):
         return (print, ("this must never run",))
-
-
-def write_tiny_hubert(out: Path) -> Path:
-    script = REPO / "scripts" / "make_tiny_hubert.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_hubert", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_hubert(out)
 
 
 def tone(seconds: float, seed: int, rate: int = 32000) -> np.ndarray:

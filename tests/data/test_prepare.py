@@ -5,7 +5,6 @@ tiny random HuBERT (and tiny S2/BERT models) saved in temporary folders."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -21,20 +20,12 @@ from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor, load_audio
 from gsv_accel.data import prepare as prep
 from gsv_accel.data.dataset import GSVDataset, read_meta
 from gsv_accel.text import clean_text, clean_text_segments, text_to_phone_ids
+from scripts.make_tiny_hubert import write_tiny_hubert
 
-REPO = Path(__file__).resolve().parents[2]
 ZH_TEXT = "今天天气很好，我们去公园散步吧。"
 EN_TEXT = "She counted twenty seven birds sitting on the fence."
 MIXED_TEXT = "我喜欢 Python 语言。"
 ZH_CHARS = "今天气很好我们去公园散步吧你世界喜欢语言"
-
-
-def write_tiny_hubert(out: Path) -> Path:
-    script = REPO / "scripts" / "make_tiny_hubert.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_hubert", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_hubert(out)
 
 
 def speech_like(seconds: float, rate: int, seed: int, channels: int = 1, peak: float = 0.8) -> np.ndarray:

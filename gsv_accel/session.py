@@ -13,13 +13,15 @@ what every run needs around them and must do identically:
 * the end: a final checkpoint whatever the intervals, exports of the final and the best model;
 * failures: a checkpoint is never written from non-finite weights (the save is skipped and logged),
   and a save that cannot be written (disk full) ends the run with `EXIT_CODE_CHECKPOINT_WRITE`
-  (the recipe's `main` catches `CheckpointWriteError` and calls `abort_on_write_error`).
+  (`run_recipe` catches `CheckpointWriteError` and calls `abort_on_write_error`).
 
-The recipe plugs in three callables: `validate() -> float` (the metric, already averaged over
-processes), `export(state_source, epoch, step, tag)` and `load_weights(checkpoint_folder)` (the
-models' weights from a checkpoint, for best-weight restore). `run_recipe` is the command line both
-recipes share (config + overrides, `--resume`, exit codes); `TrainingSpeed` the steps/s and peak
-memory they report.
+The recipe plugs in four callables: `validate() -> float` (the metric, already averaged over
+processes), `load_weights(checkpoint_folder)` (the models' weights from a checkpoint, for best-weight
+restore), and for exports `export_weights(checkpoint_folder | None)` (the exported model's state dict:
+a checkpoint's, or the current one for None) and `write_export(state_dict, name, epoch, step) -> path`
+(the file in the GPT-SoVITS format); the session decides when, names the file and refuses
+non-finite weights. `run_recipe` is the command line both recipes share (config + overrides,
+`--resume`, exit codes); `TrainingSpeed` the steps/s and peak memory they report.
 """
 
 from __future__ import annotations
@@ -72,11 +74,12 @@ USER_ERRORS = (ConfigError, CheckpointError, DatasetCompatibilityError, GSVForma
 
 
 class TrainingSession:
-    def __init__(self, *, run_dir: str | Path, seed: int, config: Any, checkpoint: CheckpointConfig,
-                 validation: ValidationConfig, plateau: PlateauConfig, tracking: TrackingConfig,
-                 max_nonfinite_steps: int, on_nonfinite: str, rollback_lr_factor: float,
-                 shape_sections: Sequence[str] = ("model",)) -> None:
+    def __init__(self, *, run_dir: str | Path, exp_name: str, seed: int, config: Any,
+                 checkpoint: CheckpointConfig, validation: ValidationConfig, plateau: PlateauConfig,
+                 tracking: TrackingConfig, max_nonfinite_steps: int, on_nonfinite: str,
+                 rollback_lr_factor: float, shape_sections: Sequence[str] = ("model",)) -> None:
         self.run_dir = Path(run_dir).resolve()
+        self.exp_name = exp_name  # exports are named <exp_name>[_<tag>] + the format's suffix
         self.seed = seed
         self.config = config  # the recipe's resolved config dataclass
         self.checkpoint_cfg = checkpoint
@@ -98,7 +101,8 @@ class TrainingSession:
         self.sampler = None
         self.schedulers: list = []
         self.validate: Callable[[], float] | None = None
-        self.export: Callable[..., Path | None] | None = None
+        self.export_weights: Callable[[Path | None], dict[str, torch.Tensor]] | None = None
+        self.write_export: Callable[[dict[str, torch.Tensor], str, int, int], Path] | None = None
         self.load_weights: Callable[[Path], None] | None = None
         # Extra Accelerators (one DeepSpeed engine each) saved/loaded in checkpoint subfolders.
         self.extra_states: dict[str, Accelerator] = {}
@@ -108,7 +112,8 @@ class TrainingSession:
         """The session of a recipe config with the shared sections (`run`, `train`, `validation`,
         `checkpoint`, `plateau`, `tracking`); `shape_sections` may not change on resume."""
         train = cfg.train
-        return cls(run_dir=cfg.run.output_dir, seed=cfg.run.seed, config=cfg, checkpoint=cfg.checkpoint,
+        return cls(run_dir=cfg.run.output_dir, exp_name=cfg.run.exp_name, seed=cfg.run.seed, config=cfg,
+                   checkpoint=cfg.checkpoint,
                    validation=cfg.validation, plateau=cfg.plateau, tracking=cfg.tracking,
                    max_nonfinite_steps=train.max_nonfinite_steps, on_nonfinite=train.on_nonfinite,
                    rollback_lr_factor=train.rollback_lr_factor, shape_sections=shape_sections)
@@ -403,6 +408,21 @@ class TrainingSession:
         monitor = self.plateau.cfg.monitor
         logger.info("restored the best weights (step %d, %s = %.5f)", best.step, monitor,
                     best.metrics[monitor])
+
+    def export(self, checkpoint: Path | None, epoch: int, step: int, tag: str = "") -> Path | None:
+        """Export the current weights (`checkpoint` None) or a checkpoint folder's in the GPT-SoVITS
+        format, as `<exp_name>[_<tag>]` (main process only). Weights holding NaN/inf are never exported:
+        an error is logged and None returned."""
+        if not self.accelerator.is_main_process:
+            return None
+        state_dict = self.export_weights(checkpoint)
+        broken = nonfinite_tensors(state_dict)
+        if broken:
+            logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
+            return None
+        path = self.write_export(state_dict, self.exp_name + (f"_{tag}" if tag else ""), epoch, step)
+        logger.info("exported %s", path)
+        return path
 
     def finish(self, reason: str) -> None:
         """Final checkpoint and exports whatever the intervals; then end the trackers."""

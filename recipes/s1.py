@@ -50,7 +50,7 @@ from gsv_accel.formats import export_gpt, gpt_export_info, gpt_export_name, load
 from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
 from gsv_accel.models.gpt.model import top_k_accuracy
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.session import TrainingSession, nonfinite_tensors, run_recipe
+from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.tracking import TrackingConfig
 from gsv_accel.training import exit_process
 
@@ -168,7 +168,8 @@ class S1Recipe:
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         session.sampler = self.sampler
         session.schedulers = [self.scheduler]
-        session.validate, session.export, session.load_weights = self.validate, self.export, self.load_weights
+        session.validate, session.load_weights = self.validate, self.load_weights
+        session.export_weights, session.write_export = self.export_weights, self.write_export
         session.restore([self.scheduler])
         session.warn_about_intervals(self.cfg.train.epochs)
 
@@ -324,23 +325,16 @@ class S1Recipe:
         weights = load_file(str(checkpoint / "model.safetensors"))
         self.accelerator.unwrap_model(self.model).load_state_dict(weights)
 
-    def export(self, checkpoint: Path | None, epoch: int, step: int, tag: str = "") -> Path | None:
-        """`exports/<exp>[_<tag>]-e<E>.ckpt` in the GPT_weights format (main process only); non-finite
-        weights are never exported."""
-        if not self.accelerator.is_main_process:
-            return None
+    def export_weights(self, checkpoint: Path | None) -> dict[str, torch.Tensor]:
+        """The GPT's weights: current (`checkpoint` None) or a checkpoint folder's."""
         if checkpoint is None:
-            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-        else:
-            state_dict = load_file(str(checkpoint / "model.safetensors"))
-        broken = nonfinite_tensors(state_dict)
-        if broken:
-            logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
-            return None
-        name = self.cfg.run.exp_name + (f"_{tag}" if tag else "")
+            return self.accelerator.unwrap_model(self.model).state_dict()
+        return load_file(str(checkpoint / "model.safetensors"))
+
+    def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:
+        """`exports/<name>-e<E>.ckpt` in the GPT_weights format (named by epoch, as the official)."""
         path = self.session.run_dir / "exports" / gpt_export_name(name, epoch)
         export_gpt(state_dict, self.cfg.official_dict(), path, gpt_export_info(epoch))
-        logger.info("exported %s", path)
         return path
 
 

@@ -57,7 +57,7 @@ from gsv_accel.models.sovits.commons import slice_segments
 from gsv_accel.models.sovits.config import SoVITSConfig
 from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.session import TrainingSession, nonfinite_tensors, run_recipe
+from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.tracking import TrackingConfig, log_media
 from gsv_accel.training import exit_process
 
@@ -211,7 +211,8 @@ class S2Recipe:
         # process); the session registers them for checkpointing with its own state.
         session.sampler = self.sampler
         session.schedulers = [self.sched_g, self.sched_d]
-        session.validate, session.export, session.load_weights = self.validate, self.export, self.load_weights
+        session.validate, session.load_weights = self.validate, self.load_weights
+        session.export_weights, session.write_export = self.export_weights, self.write_export
         session.restore([self.sched_g, self.sched_d])
         session.warn_about_intervals(self.cfg.train.epochs)
 
@@ -463,29 +464,21 @@ class S2Recipe:
         for model, file in ((self.net_g, "model.safetensors"), (self.net_d, "model_1.safetensors")):
             self.accelerator.unwrap_model(model).load_state_dict(load_file(str(checkpoint / file)))
 
-    def export(self, checkpoint: Path | None, epoch: int, step: int, tag: str = "") -> Path | None:
-        """GPT-SoVITS inference weights `exports/<exp>[_<tag>]_e<E>_s<S>.pth` of the current generator
-        (`checkpoint` None) or of a checkpoint folder's (main process only). Non-finite weights are
-        never exported."""
-        if not self.accelerator.is_main_process:
-            return None
+    def export_weights(self, checkpoint: Path | None) -> dict[str, torch.Tensor]:
+        """The generator's weights: current (`checkpoint` None) or a checkpoint folder's."""
         if checkpoint is None:
-            state_dict = self.accelerator.unwrap_model(self.net_g).state_dict()
-        elif self.deepspeed:
+            return self.accelerator.unwrap_model(self.net_g).state_dict()
+        if self.deepspeed:
             from gsv_accel.deepspeed_support import consolidated_state_dict
 
-            state_dict = consolidated_state_dict(checkpoint)
-        else:
-            state_dict = load_file(str(checkpoint / "model.safetensors"))
-        broken = nonfinite_tensors(state_dict)
-        if broken:
-            logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
-            return None
-        name = self.cfg.run.exp_name + (f"_{tag}" if tag else "")
+            return consolidated_state_dict(checkpoint)
+        return load_file(str(checkpoint / "model.safetensors"))
+
+    def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:
+        """GPT-SoVITS inference weights `exports/<name>_e<E>_s<S>.pth`."""
         path = self.session.run_dir / "exports" / sovits_export_name(name, epoch, step)
         export_sovits(state_dict, self.cfg.official_dict(), path, sovits_export_info(epoch, step),
                       version=self.cfg.model.version)
-        logger.info("exported %s", path)
         return path
 
 

@@ -14,8 +14,9 @@ Checkpoints: every Accelerator's `save_state` writes a DeepSpeed checkpoint (`py
 extra Accelerators save into subfolders of the same checkpoint folder. `consolidated_state_dict`
 rebuilds a model's full fp32 weights from such a folder (DeepSpeed's `zero_to_fp32`).
 
-Only imported when DeepSpeed is in use (`pip install 'gsv_accel[deepspeed]'`); Accelerate's DeepSpeed
-path also imports transformers. On a CPU only a single process works (`DS_ACCELERATOR=cpu`).
+DeepSpeed itself (`pip install 'gsv_accel[deepspeed]'`) is imported only inside the functions that
+need it, so this module loads without it; Accelerate's DeepSpeed path also imports transformers. On a
+CPU only a single process works (`DS_ACCELERATOR=cpu`).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration
+from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, CheckpointWriteError
@@ -50,6 +50,7 @@ from .config import (
     to_dict,
 )
 from .data.dataset import DatasetCompatibilityError
+from .deepspeed_support import deepspeed_requested, is_deepspeed, make_plugins
 from .formats import GSVFormatError
 from .plateau import PlateauConfig, PlateauController
 from .tracking import TrackingConfig, new_run_id, setup_logging, start_trackers, tracker_names
@@ -131,11 +132,8 @@ class TrainingSession:
         # resume) stops the run at its first step boundary with a checkpoint and the usual exit code.
         self.stop.install()
         plugins = {}
-        if deepspeed_models:
-            from gsv_accel.deepspeed_support import deepspeed_requested, make_plugins
-
-            if deepspeed_requested():
-                plugins["deepspeed_plugins"] = make_plugins(deepspeed_models)
+        if deepspeed_models and deepspeed_requested():
+            plugins["deepspeed_plugins"] = make_plugins(deepspeed_models)
         self.accelerator = acc = Accelerator(
             **plugins,
             log_with=tracker_names(self.tracking_cfg) or None,
@@ -167,8 +165,7 @@ class TrainingSession:
         for obj in (*stateful, self.progress, self.plateau):
             acc.register_for_checkpointing(obj)
         if self.resume_from is not None:
-            check_same_engine(self.resume_from.path,
-                              deepspeed=acc.distributed_type == DistributedType.DEEPSPEED)
+            check_same_engine(self.resume_from.path, deepspeed=is_deepspeed(acc))
             self._load_state(self.resume_from.path)
             ensure_rng_restored(self.resume_from, acc.process_index, self.seed, acc.device.type)
             self.sampler.load_state_dict(self.progress.sampler)

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from gsv_accel.config import (
@@ -46,6 +45,7 @@ from gsv_accel.config import (
 from gsv_accel.data.dataset import DatasetCompatibilityError, load_prepared
 from gsv_accel.data.s1 import S1Collate, S1Filter, filter_items
 from gsv_accel.data.sampler import LengthBucketBatchSampler
+from gsv_accel.deepspeed_support import is_deepspeed
 from gsv_accel.formats import export_gpt, gpt_export_info, gpt_export_name, load_weights_into
 from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
 from gsv_accel.models.gpt.model import top_k_accuracy
@@ -155,7 +155,7 @@ class S1Recipe:
     def setup(self) -> None:
         session = self.session
         self.accelerator = acc = session.start(self.resume)
-        if acc.distributed_type == DistributedType.DEEPSPEED:
+        if is_deepspeed(acc):
             # Checkpoint weights, exports and best-weight restore here read plain (non-DeepSpeed) files.
             raise ConfigError("the S1 recipe does not run under DeepSpeed; the GPT stage fits on one GPU: "
                               "launch it with recipes/accelerate/single_gpu.yaml or multi_gpu.yaml (DDP)")

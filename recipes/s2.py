@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
 from gsv_accel.config import CheckpointConfig, RunConfig, ValidationConfig, check_training_loop, to_dict
 from gsv_accel.data.dataset import S2Collate, load_prepared
 from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
+from gsv_accel.deepspeed_support import is_deepspeed
 from gsv_accel.formats import (
     export_sovits,
     load_weights_into,
@@ -182,7 +182,7 @@ class S2Recipe:
     def setup(self) -> None:
         session = self.session
         self.accelerator = acc = session.start(self.resume, deepspeed_models=("generator", "discriminator"))
-        self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+        self.deepspeed = is_deepspeed(acc)
         if self.deepspeed:
             from gsv_accel import deepspeed_support as ds
 

@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))  # `recipes` is not an installed package
 sys.path.insert(0, str(REPO / "benchmarks"))  # the S2 benchmark's timing helpers
 
 from bench_s2 import (  # noqa: E402
+    OwnRNG,
     StepTimer,
     _sync,
     call_rows,
@@ -126,7 +127,7 @@ def target_tokens(batch: dict) -> int:
 # ----------------------------------------------------------------------------------------- bare
 
 
-class BareLoop:
+class BareLoop(OwnRNG):
     """The recipe's math as plain PyTorch: per optimizer step `grad_accum` micro-batches (the
     leftover ones at an epoch's end dropped, as the recipe does), the loss as the recipe reduces it,
     clipping, AdamW, then the per-step LR schedule. Keeps its own RNG stream (dropout draws from the
@@ -141,40 +142,28 @@ class BareLoop:
         n = tc.grad_accum
         self.groups = [batches[i:i + n] for i in range(0, len(batches) - n + 1, n)]  # one epoch's steps
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        outer = self._rng()
-        seed_everything(cfg.run.seed)
-        self.model = Text2SemanticDecoder(cfg.model)
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
-        total = max(1, len(batches) // n * tc.epochs)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(tc.warmup_steps, total, tc.min_lr_ratio))
-        self.model.to(self.device)
-        self.rng = self._rng()
-        self._set_rng(outer)
-
-    def _rng(self) -> tuple:
-        return torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-
-    def _set_rng(self, state: tuple) -> None:
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state_all(state[1])
+        with self.own_rng():
+            seed_everything(cfg.run.seed)
+            self.model = Text2SemanticDecoder(cfg.model)
+            decay = [p for p in self.model.parameters() if p.ndim >= 2]
+            no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+            self.optimizer = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": tc.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}],
+                lr=tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
+            total = max(1, len(batches) // n * tc.epochs)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, warmup_cosine(tc.warmup_steps, total, tc.min_lr_ratio))
+            self.model.to(self.device)
 
     def step(self) -> float:
         """One optimizer step on the next micro-batches; returns its seconds (the RNG swaps excluded)."""
-        outer = self._rng()
-        self._set_rng(self.rng)
-        start = time.perf_counter()
-        self._step(self.groups[self.done % len(self.groups)])
-        self.done += 1
-        _sync(self.device)
-        seconds = time.perf_counter() - start
-        self.rng = self._rng()
-        self._set_rng(outer)
+        with self.own_rng():
+            start = time.perf_counter()
+            self._step(self.groups[self.done % len(self.groups)])
+            self.done += 1
+            _sync(self.device)
+            seconds = time.perf_counter() - start
         return seconds
 
     def _step(self, micro_batches: list[dict]) -> None:

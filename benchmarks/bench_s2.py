@@ -118,7 +118,35 @@ def collate_epoch(cfg: S2Config) -> list[dict]:
 # ----------------------------------------------------------------------------------------- bare
 
 
-class BareLoop:
+class OwnRNG:
+    """Base of the bare loops: their work runs inside `own_rng()`, on an RNG stream of their own (the
+    global generators are swapped in and out around it), so they can run interleaved with the recipe
+    without changing its random draws. The stream starts from the global state at the first use."""
+
+    device: torch.device
+    rng: tuple | None = None
+
+    def _rng_state(self) -> tuple:
+        return torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+
+    def _set_rng_state(self, state: tuple) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state_all(state[1])
+
+    @contextlib.contextmanager
+    def own_rng(self):
+        outer = self._rng_state()
+        if self.rng is not None:
+            self._set_rng_state(self.rng)
+        try:
+            yield
+        finally:
+            self.rng = self._rng_state()
+            self._set_rng_state(outer)
+
+
+class BareLoop(OwnRNG):
     """The recipe's math as plain PyTorch: per batch a D step, then a G step with the same losses;
     LR decay per epoch. Keeps its own RNG stream (the random training windows and dropout draw from
     the global generator), so it can run interleaved with the recipe and still match it exactly."""
@@ -131,55 +159,42 @@ class BareLoop:
         self.cfg, self.batches, self.done = cfg, batches, 0
         tc, dc = cfg.train, cfg.discriminator
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        outer = self._rng()
-        seed_everything(cfg.run.seed)
-        self.net_g = SynthesizerTrn(cfg.model)
-        self.net_d = MultiPeriodDiscriminator(cfg.model.use_spectral_norm, version=cfg.model.version,
-                                              periods=dc.periods, scale_channels=dc.scale_channels,
-                                              period_channels=dc.period_channels)
-        if cfg.model.freeze_quantizer:
-            for module in (self.net_g.ssl_proj, self.net_g.quantizer):
-                module.requires_grad_(False)
-        enc_p = self.net_g.enc_p
-        low_lr = (enc_p.text_embedding, enc_p.encoder_text, enc_p.mrte)
-        low_ids = {id(p) for m in low_lr for p in m.parameters()}
-        groups = [{"params": [p for p in self.net_g.parameters() if p.requires_grad and id(p) not in low_ids],
-                   "lr": tc.learning_rate}]
-        groups += [{"params": [p for p in m.parameters() if p.requires_grad],
-                    "lr": tc.learning_rate * tc.text_low_lr_rate} for m in low_lr]
-        self.optim_g = torch.optim.AdamW(groups, tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
-        self.optim_d = torch.optim.AdamW(self.net_d.parameters(), tc.learning_rate, betas=tuple(tc.betas),
-                                         eps=tc.eps)
-        self.schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=tc.lr_decay)
-                           for o in (self.optim_g, self.optim_d)]
-        self.net_g.to(self.device)
-        self.net_d.to(self.device)
-        self.features = SpectrogramExtractor(cfg.data.spectrogram()).to(self.device)
-        self.rng = self._rng()
-        self._set_rng(outer)
-
-    def _rng(self) -> tuple:
-        return torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-
-    def _set_rng(self, state: tuple) -> None:
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state_all(state[1])
+        with self.own_rng():
+            seed_everything(cfg.run.seed)
+            self.net_g = SynthesizerTrn(cfg.model)
+            self.net_d = MultiPeriodDiscriminator(cfg.model.use_spectral_norm, version=cfg.model.version,
+                                                  periods=dc.periods, scale_channels=dc.scale_channels,
+                                                  period_channels=dc.period_channels)
+            if cfg.model.freeze_quantizer:
+                for module in (self.net_g.ssl_proj, self.net_g.quantizer):
+                    module.requires_grad_(False)
+            enc_p = self.net_g.enc_p
+            low_lr = (enc_p.text_embedding, enc_p.encoder_text, enc_p.mrte)
+            low_ids = {id(p) for m in low_lr for p in m.parameters()}
+            base = [p for p in self.net_g.parameters() if p.requires_grad and id(p) not in low_ids]
+            groups = [{"params": base, "lr": tc.learning_rate}]
+            groups += [{"params": [p for p in m.parameters() if p.requires_grad],
+                        "lr": tc.learning_rate * tc.text_low_lr_rate} for m in low_lr]
+            self.optim_g = torch.optim.AdamW(groups, tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
+            self.optim_d = torch.optim.AdamW(self.net_d.parameters(), tc.learning_rate, betas=tuple(tc.betas),
+                                             eps=tc.eps)
+            self.schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=tc.lr_decay)
+                               for o in (self.optim_g, self.optim_d)]
+            self.net_g.to(self.device)
+            self.net_d.to(self.device)
+            self.features = SpectrogramExtractor(cfg.data.spectrogram()).to(self.device)
 
     def step(self) -> float:
         """One training step on the next batch; returns its seconds (the RNG swaps excluded)."""
-        outer = self._rng()
-        self._set_rng(self.rng)
-        start = time.perf_counter()
-        self._step(self.batches[self.done % len(self.batches)])
-        self.done += 1
-        if self.done % len(self.batches) == 0:  # end of an epoch
-            for scheduler in self.schedulers:
-                scheduler.step()
-        _sync(self.device)
-        seconds = time.perf_counter() - start
-        self.rng = self._rng()
-        self._set_rng(outer)
+        with self.own_rng():
+            start = time.perf_counter()
+            self._step(self.batches[self.done % len(self.batches)])
+            self.done += 1
+            if self.done % len(self.batches) == 0:  # end of an epoch
+                for scheduler in self.schedulers:
+                    scheduler.step()
+            _sync(self.device)
+            seconds = time.perf_counter() - start
         return seconds
 
     def _step(self, batch: dict) -> None:

@@ -35,6 +35,9 @@ class SpeakerEncoder(ERes2NetV2):
     change both the convolutions at the edges and the time average.
     """
 
+    #: At most this many equal-length utterances go through the network together (bounds memory).
+    max_batch: int = 16
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SpeakerEncoder:
         """Load a plain ERes2NetV2 state dict (.ckpt/.pt/.pth or .safetensors); eval mode, no grad needed.
@@ -92,9 +95,11 @@ class SpeakerEncoder(ERes2NetV2):
         for i, w in enumerate(waves):
             by_length.setdefault(w.shape[0], []).append(i)
         with _eval_no_grad(self):
-            for idx in by_length.values():
-                batch = torch.stack([waves[i] for i in idx]).to(device=self.device, dtype=torch.float32)
-                out[idx] = self.embed_fbank(kaldi_fbank(resample_32k_to_16k(batch)))
+            for same_length in by_length.values():
+                for start in range(0, len(same_length), self.max_batch):
+                    idx = same_length[start : start + self.max_batch]
+                    batch = torch.stack([waves[i] for i in idx]).to(device=self.device, dtype=torch.float32)
+                    out[idx] = self.embed_fbank(kaldi_fbank(resample_32k_to_16k(batch)))
         return out
 
 

@@ -134,8 +134,8 @@ class BareLoop(OwnRNG):
     global generator), so it can run interleaved with the recipe and still match it exactly."""
 
     def __init__(self, cfg: S1Config, batches: list[dict]) -> None:
+        from gsv_accel.lifecycle import seed_everything
         from gsv_accel.models.gpt import Text2SemanticDecoder
-        from gsv_accel.training import seed_everything
 
         tc = cfg.train
         self.cfg, self.done = cfg, 0

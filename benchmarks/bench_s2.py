@@ -153,8 +153,8 @@ class BareLoop(OwnRNG):
 
     def __init__(self, cfg: S2Config, batches: list[dict]) -> None:
         from gsv_accel.audio import SpectrogramExtractor
+        from gsv_accel.lifecycle import seed_everything
         from gsv_accel.models.sovits import MultiPeriodDiscriminator, SynthesizerTrn
-        from gsv_accel.training import seed_everything
 
         self.cfg, self.batches, self.done = cfg, batches, 0
         tc, dc = cfg.train, cfg.discriminator

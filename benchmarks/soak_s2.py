@@ -42,7 +42,7 @@ from gsv_accel.checkpoint import (  # noqa: E402
     CheckpointManager,
     verify_checkpoint,
 )
-from gsv_accel.training import EXIT_CODE_CHECKPOINT_WRITE, EXIT_CODE_SIGINT, EXIT_CODE_SIGTERM  # noqa: E402
+from gsv_accel.lifecycle import EXIT_CODE_CHECKPOINT_WRITE, EXIT_CODE_SIGINT, EXIT_CODE_SIGTERM  # noqa: E402
 
 RECIPE = REPO / "recipes" / "s2.py"
 CONFIG = REPO / "recipes" / "configs" / "s2_demo.yaml"

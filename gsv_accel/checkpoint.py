@@ -49,10 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .distributed import any_process
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 INCOMPLETE_PREFIX = ".incomplete-"
 DELETING_PREFIX = ".deleting-"
+CORRUPT_PREFIX = "corrupt-"
 _NAME_RE = re.compile(r"^step_(\d{8})$")
 FAULT_ENV = "GSV_ACCEL_FAULT"
 FAULT_POINTS = ("kill_in_save", "kill_after_manifest", "kill_in_prune", "enospc_in_save")
@@ -118,16 +121,6 @@ def _looks_like_disk_full(err: BaseException, folder: Path) -> bool:
         return False
 
 
-def _any_process(accelerator, *flags: bool) -> list[bool]:
-    """Each flag OR-ed over all processes (one all-reduce when there are several)."""
-    if accelerator.num_processes == 1:
-        return list(flags)
-    import torch
-
-    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=accelerator.device)
-    return [bool(v > 0) for v in accelerator.reduce(values, reduction="sum").tolist()]
-
-
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -189,7 +182,7 @@ class CheckpointInfo:
 
 def build_manifest(folder: Path, *, step: int, epoch: int, metrics: dict[str, float],
                    config_fingerprint: str, world_size: int, extra: dict[str, Any],
-                   config: dict[str, Any] | None = None) -> dict[str, Any]:
+                   config: dict[str, Any] | None = None, best: bool = False) -> dict[str, Any]:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
         files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
@@ -198,6 +191,8 @@ def build_manifest(folder: Path, *, step: int, epoch: int, metrics: dict[str, fl
         "step": step,
         "epoch": epoch,
         "metrics": metrics,
+        # Saved because validation improved (by the plateau controller's rule, min_delta included).
+        "best": bool(best),
         "config_fingerprint": config_fingerprint,
         # The resolved run config: a resume compares against it (model shape must not change).
         "config": config or {},
@@ -248,15 +243,16 @@ def verify_checkpoint(folder: str | Path, *, hashes: bool = True) -> CheckpointI
 class CheckpointManager:
     """Saves, finds, verifies and prunes the checkpoints of one run folder.
 
-    `keep_last` most recent complete checkpoints are kept, plus the `keep_best` best by
-    `best_metric` (mode `min` or `max`), counted separately.
+    `keep_last` most recent complete checkpoints are kept, plus the `keep_best` newest checkpoints
+    saved as a new best, counted separately. Which checkpoint is "best" is not decided here: the
+    plateau controller decides (its mode and min_delta), the session saves with `best=True` and
+    names the controller's best step in `prune(protect=...)`; each best save improved on all earlier
+    ones, so the newest flagged checkpoints are the best ones.
     """
 
     run_dir: Path
     keep_last: int = 3
     keep_best: int = 1
-    best_metric: str = "val/mel_loss"
-    best_mode: str = "min"
     root: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -264,18 +260,18 @@ class CheckpointManager:
         self.root = self.run_dir / "checkpoints"
         if self.keep_last < 1:
             raise ValueError("checkpoint.keep_last must be >= 1: the newest checkpoint is what resumes")
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"best mode must be 'min' or 'max', got {self.best_mode!r}")
 
     # ---- saving -------------------------------------------------------------------------------
     def save(self, accelerator, *, step: int, epoch: int, metrics: dict[str, float] | None = None,
              config_fingerprint: str = "", config: dict[str, Any] | None = None,
-             extra: dict[str, Any] | None = None, extra_states: dict[str, Any] | None = None) -> Path:
+             extra: dict[str, Any] | None = None, extra_states: dict[str, Any] | None = None,
+             best: bool = False, protect: tuple[int, ...] = ()) -> Path:
         """Write a complete checkpoint of everything registered with `accelerator`. Call on ALL
         processes. Returns the final folder.
 
         `extra_states` maps a subfolder name to another Accelerator (e.g. the discriminator's own
-        DeepSpeed engine) whose `save_state` goes into that subfolder, before the manifest."""
+        DeepSpeed engine) whose `save_state` goes into that subfolder, before the manifest. `best`
+        marks a checkpoint of a new best validation; `protect` names steps pruning must keep."""
         final = self.root / checkpoint_name(step)
         staging = self.root / f"{INCOMPLETE_PREFIX}{final.name}"
         rank = accelerator.process_index
@@ -305,12 +301,12 @@ class CheckpointManager:
                 manifest = build_manifest(staging, step=step, epoch=epoch, metrics=dict(metrics or {}),
                                           config_fingerprint=config_fingerprint,
                                           world_size=accelerator.num_processes, extra=dict(extra or {}),
-                                          config=config)
+                                          config=config, best=best)
                 write_json_atomic(staging / MANIFEST_NAME, manifest)
                 fault_point("kill_after_manifest", step, rank)
                 # Same step saved twice (e.g. a best save followed by the final save): the old copy
                 # is renamed away only now, and removed once the new one is in place.
-                replaced = self._retire(final) if final.exists() else None
+                replaced = self._set_aside(final) if final.exists() else None
                 os.replace(staging, final)
                 _fsync_dir(self.root)
             except OSError as err:
@@ -325,7 +321,7 @@ class CheckpointManager:
                     self._remove(replaced)
                 except OSError as err:
                     logger.warning("could not delete the replaced copy %s: %s", replaced, err)
-            self.prune()
+            self.prune(protect=protect)
         accelerator.wait_for_everyone()
         return final
 
@@ -333,7 +329,7 @@ class CheckpointManager:
         """Raise CheckpointWriteError on every process if the save failed on any; the main process
         first removes the staging folder."""
         local_disk_full = error is not None and _looks_like_disk_full(error, self.root)
-        failed, disk_full = _any_process(accelerator, error is not None, local_disk_full)
+        failed, disk_full = any_process(accelerator, error is not None, local_disk_full)
         if not failed:
             return
         if accelerator.is_main_process:
@@ -375,22 +371,26 @@ class CheckpointManager:
                 logger.warning("skipping checkpoint: %s", err)
         return None
 
+    def find(self, step: int) -> CheckpointInfo | None:
+        """The complete checkpoint of `step`, if there is one."""
+        return next((c for c in self.complete() if c.step == step), None)
+
     def best(self) -> CheckpointInfo | None:
-        scored = [c for c in self.complete() if self.best_metric in c.metrics]
-        if not scored:
-            return None
-        pick = min if self.best_mode == "min" else max
-        return pick(scored, key=lambda c: c.metrics[self.best_metric])
+        """The newest checkpoint saved as a new best (each one improved on every earlier one by the
+        controller's rule), or None. A running session asks `find(controller best step)` instead."""
+        flagged = [c for c in self.complete() if c.manifest.get("best")]
+        return flagged[0] if flagged else None
 
     # ---- pruning ------------------------------------------------------------------------------
-    def prune(self) -> list[Path]:
-        """Delete complete checkpoints that are neither among the last K nor the best N. Incomplete
-        or corrupt folders are left alone (they are evidence, and never resumed from)."""
+    def prune(self, protect: tuple[int, ...] = ()) -> list[Path]:
+        """Delete complete checkpoints that are neither among the last K, nor the newest N best
+        saves, nor a `protect`ed step. Incomplete or corrupt folders are left alone (they are
+        evidence, and never resumed from)."""
         complete = self.complete()
         keep = {c.path for c in complete[: self.keep_last]}
-        scored = [c for c in complete if self.best_metric in c.metrics]
-        scored.sort(key=lambda c: c.metrics[self.best_metric], reverse=self.best_mode == "max")
-        keep.update(c.path for c in scored[: self.keep_best])
+        flagged = [c for c in complete if c.manifest.get("best")]
+        keep.update(c.path for c in flagged[: self.keep_best])
+        keep.update(c.path for c in complete if c.step in protect)
         removed = []
         for info in complete:
             if info.path not in keep:
@@ -413,6 +413,19 @@ class CheckpointManager:
             if folder.name.startswith((INCOMPLETE_PREFIX, DELETING_PREFIX)):
                 logger.warning("removing leftover folder %s from an interrupted save or delete", folder)
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _set_aside(self, folder: Path) -> Path | None:
+        """Before a checkpoint of the same step replaces `folder`: a complete copy is retired (and
+        deleted once the new one is in place); a corrupt or incomplete one is kept, renamed
+        `corrupt-<name>-<time>`, never deleted (it is evidence). Returns the retired copy, or None."""
+        try:
+            verify_checkpoint(folder, hashes=True)
+        except CheckpointError as err:
+            kept = folder.with_name(f"{CORRUPT_PREFIX}{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(folder, kept)
+            logger.warning("%s is not a valid checkpoint (%s): kept aside as %s", folder.name, err, kept.name)
+            return None
+        return self._retire(folder)
 
     def _retire(self, folder: Path) -> Path:
         """Rename a checkpoint to `.deleting-*`: from then on it is never mistaken for a complete one."""

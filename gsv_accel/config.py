@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -30,8 +31,9 @@ class ConfigError(ValueError):
 
 
 def _describe(err: OmegaConfBaseException, source: str) -> str:
+    """One line: where, which key, what is wrong (OmegaConf's own text spans several lines)."""
     key = getattr(err, "full_key", None) or "?"
-    message = getattr(err, "msg", None) or str(err).splitlines()[0]
+    message = (getattr(err, "msg", None) or str(err)).strip().splitlines()[0]
     if isinstance(err, ConfigKeyError):
         return f"{source}: unknown config key {key} ({message})"
     return f"{source}: {key}: {message}"
@@ -45,7 +47,18 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{where}: not valid YAML ({problem})") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} cannot be read: {err}") from err
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: a config must be a mapping of sections (run:, data:, train:, ...)")
+        try:
+            merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as err:
             raise ConfigError(_describe(err, str(path))) from err
     for override in overrides or []:
@@ -62,6 +75,19 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     except (ValueError, TypeError) as err:
         # Raised by a dataclass __post_init__: the message already names the key.
         raise ConfigError(str(err)) from err
+
+
+def require_path(key: str, value: str | Path | None, kind: str = "file") -> Path:
+    """The path a config key names, which must exist as a `kind` ("file" or "folder"); ConfigError
+    naming the key otherwise."""
+    if value is None or str(value) == "":
+        raise ConfigError(f"{key} is not set")
+    path = Path(value)
+    exists = path.is_file() if kind == "file" else path.is_dir()
+    if not exists:
+        found = "a folder" if path.is_dir() else "a file" if path.exists() else "nothing"
+        raise ConfigError(f"{key}={value}: expected a {kind}, found {found} there")
+    return path
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -123,8 +149,12 @@ class RunConfig:
     output_dir: str = "runs/s2_demo"
     exp_name: str = "demo"
     seed: int = 1234
+    # CPU threads per process (torch intra-op); null: all cores, shared by the processes on the
+    # machine. Exact resume on a CPU needs the same number (the manifest records it).
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
+        _positive_or_none("run.cpu_threads", self.cpu_threads)
         if not self.exp_name or "/" in self.exp_name or "\\" in self.exp_name:
             raise ValueError(f"run.exp_name must be a plain file-name part, got {self.exp_name!r}")
 

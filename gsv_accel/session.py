@@ -1,33 +1,33 @@
-"""The bookkeeping of one training run, shared by the S1 and S2 recipes.
+"""The bookkeeping of one training run, shared by every recipe (`gsv_accel.recipe` has the contract).
 
-A recipe owns its models, optimizers, data, training step and validation; `TrainingSession` owns
-what every run needs around them and must do identically:
+`TrainingSession` owns what every run needs around a recipe's models, step and validation, and must
+do identically:
 
-* start-up: the Accelerator (trackers chosen by config), `train.log`, the checkpoint manager, the
-  resume decision (`--resume auto|PATH`, checked against the saved config), the resolved config file;
-* state that rides in every checkpoint: `TrainingProgress`, the plateau controller, the recipe's
-  schedulers and sampler position;
-* the boundary logic after each step and epoch: validation cadence, plateau decisions (best
-  checkpoint, LR reduction, best-weight restore, early stop), interval saves, non-finite rollback,
-  SIGTERM/SIGINT;
-* the end: a final checkpoint whatever the intervals, exports of the final and the best model;
+* start-up: the Accelerator (trackers chosen by config), the resume decision (`--resume
+  auto|PATH`, checked against the saved config), CPU threads, the seed; nothing is written to the
+  run folder until the recipe is attached, so bad input leaves no trace;
+* `attach`: the recipe's models, schedulers and sampler; the monitored metric checked against the
+  metrics the recipe reports; the checkpoint loaded, what changed since logged and the current
+  optimizer settings applied; a finished run recognised; `train.log`, `config.yaml`, trackers;
+* state that rides in every checkpoint: `TrainingProgress`, the plateau controller, the schedulers
+  and the sampler position; the checkpoint layout (which file holds which model's weights);
+* the boundary logic after each step and epoch: validation cadence, logging every reported metric and
+  the media, plateau decisions (best checkpoint, LR reduction, best-weight restore, early stop),
+  interval saves, non-finite rollback, SIGTERM/SIGINT;
+* the end: a final checkpoint unless this step is already saved, exports of the final and the best
+  model (the plateau controller's best step, with its metric);
 * failures: a checkpoint is never written from non-finite weights (the save is skipped and logged),
-  and a save that cannot be written (disk full) ends the run with `EXIT_CODE_CHECKPOINT_WRITE`
-  (`run_recipe` catches `CheckpointWriteError` and calls `abort_on_write_error`).
+  and a save that cannot be written (disk full) ends the run with `EXIT_CODE_CHECKPOINT_WRITE`.
 
-The recipe plugs in four callables: `validate() -> float` (the metric, already averaged over
-processes), `load_weights(checkpoint_folder)` (the models' weights from a checkpoint, for best-weight
-restore), and for exports `export_weights(checkpoint_folder | None)` (the exported model's state dict:
-a checkpoint's, or the current one for None) and `write_export(state_dict, name, epoch, step) -> path`
-(the file in the GPT-SoVITS format); the session decides when, names the file and refuses
-non-finite weights. `run_recipe` is the command line both recipes share (config + overrides,
-`--resume`, exit codes); `TrainingSpeed` the steps/s and peak memory they report.
+`run_recipe` is the command line every recipe shares (config + overrides, `--resume`, exit codes);
+`TrainingSpeed` the steps/s and peak memory the runs report.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,9 +37,16 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, CheckpointWriteError
+from .checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointManager,
+    CheckpointWriteError,
+    library_versions,
+)
 from .config import (
     CheckpointConfig,
     ConfigError,
@@ -51,20 +58,33 @@ from .config import (
 )
 from .data.dataset import DatasetCompatibilityError
 from .deepspeed_support import deepspeed_requested, is_deepspeed, make_plugins
+from .distributed import any_process
 from .formats import GSVFormatError
-from .plateau import PlateauConfig, PlateauController
-from .tracking import TrackingConfig, new_run_id, setup_logging, start_trackers, tracker_names
-from .training import (
+from .lifecycle import (
     EXIT_CODE_CHECKPOINT_WRITE,
     EXIT_CODE_NONFINITE,
     EXIT_CODE_USER_ERROR,
     StopRequest,
     TrainingProgress,
     check_resume_config,
+    describe_environment_changes,
     ensure_rng_restored,
     interval_due,
+    lookup,
     resolve_resume,
     seed_everything,
+    set_cpu_threads,
+)
+from .plateau import PlateauConfig, PlateauController
+from .recipe import Recipe, RunOutcome, ValidationResult
+from .tracking import (
+    TrackingConfig,
+    log_media,
+    new_run_id,
+    open_log_file,
+    setup_logging,
+    start_trackers,
+    tracker_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,7 +98,8 @@ class TrainingSession:
     def __init__(self, *, run_dir: str | Path, exp_name: str, seed: int, config: Any,
                  checkpoint: CheckpointConfig, validation: ValidationConfig, plateau: PlateauConfig,
                  tracking: TrackingConfig, max_nonfinite_steps: int, on_nonfinite: str,
-                 rollback_lr_factor: float, shape_sections: Sequence[str] = ("model",)) -> None:
+                 rollback_lr_factor: float, epochs: int, max_steps: int | None,
+                 cpu_threads: int | None = None, shape_sections: Sequence[str] = ("model",)) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.exp_name = exp_name  # exports are named <exp_name>[_<tag>] + the format's suffix
         self.seed = seed
@@ -89,6 +110,9 @@ class TrainingSession:
         self.max_nonfinite_steps = max_nonfinite_steps
         self.on_nonfinite = on_nonfinite
         self.rollback_lr_factor = rollback_lr_factor
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.cpu_threads = cpu_threads
         self.shape_sections = tuple(shape_sections)
         self.plateau = PlateauController(plateau)
         self.progress = TrainingProgress()
@@ -98,15 +122,16 @@ class TrainingSession:
         self.last_metrics_step: int | None = None
         self.nonfinite_total = 0  # steps skipped in this process's lifetime (logged)
         self.resume_from: CheckpointInfo | None = None
-        # Set by the recipe in its setup (see the module docstring).
-        self.sampler = None
+        self.config_changes: list[str] = []  # config keys that differ from the resumed checkpoint's
+        self.already_finished = ""  # set by attach: the checkpoint is of a finished run
+        self._saved_step: int | None = None  # step of this process's newest checkpoint (same weights)
+        # Set by `attach`.
+        self.recipe: Recipe | None = None
+        self.models: list[torch.nn.Module] = []
         self.schedulers: list = []
-        self.validate: Callable[[], float] | None = None
-        self.export_weights: Callable[[Path | None], dict[str, torch.Tensor]] | None = None
-        self.write_export: Callable[[dict[str, torch.Tensor], str, int, int], Path] | None = None
-        self.load_weights: Callable[[Path], None] | None = None
-        # Extra Accelerators (one DeepSpeed engine each) saved/loaded in checkpoint subfolders.
-        self.extra_states: dict[str, Accelerator] = {}
+        self.sampler = None
+        self.schedule_per_step = False
+        self.extra_states: dict[str, Accelerator] = {}  # subfolder -> Accelerator (DeepSpeed engine)
 
     @classmethod
     def from_config(cls, cfg: Any, shape_sections: Sequence[str] = ("model",)) -> TrainingSession:
@@ -114,20 +139,21 @@ class TrainingSession:
         `checkpoint`, `plateau`, `tracking`); `shape_sections` may not change on resume."""
         train = cfg.train
         return cls(run_dir=cfg.run.output_dir, exp_name=cfg.run.exp_name, seed=cfg.run.seed, config=cfg,
-                   checkpoint=cfg.checkpoint,
-                   validation=cfg.validation, plateau=cfg.plateau, tracking=cfg.tracking,
-                   max_nonfinite_steps=train.max_nonfinite_steps, on_nonfinite=train.on_nonfinite,
-                   rollback_lr_factor=train.rollback_lr_factor, shape_sections=shape_sections)
+                   checkpoint=cfg.checkpoint, validation=cfg.validation, plateau=cfg.plateau,
+                   tracking=cfg.tracking, max_nonfinite_steps=train.max_nonfinite_steps,
+                   on_nonfinite=train.on_nonfinite, rollback_lr_factor=train.rollback_lr_factor,
+                   epochs=train.epochs, max_steps=train.max_steps, cpu_threads=cfg.run.cpu_threads,
+                   shape_sections=shape_sections)
 
     # ------------------------------------------------------------------------------ start-up
     def start(self, resume: str | None, deepspeed_models: Sequence[str] = ()) -> Accelerator:
-        """Create the Accelerator and the run folder's logging, and decide where to resume from
-        (before the recipe builds anything: the saved config decides whether the model settings may
-        be used as they are).
+        """Create the Accelerator and decide where to resume from (before the recipe builds anything:
+        the saved config decides whether the model settings may be used as they are). Nothing is
+        written to the run folder yet (see `attach`).
 
         `deepspeed_models` names the models that get their own DeepSpeed engine when launched with a
         DeepSpeed config (one plugin each, see `gsv_accel.deepspeed_support`); the recipe creates the
-        extra Accelerators and lists them in `extra_states` so checkpoints cover them."""
+        extra Accelerators and passes them to `attach` so checkpoints cover them."""
         # From here on SIGTERM/SIGINT only set the stop flag: a signal during set-up (data, models,
         # resume) stops the run at its first step boundary with a checkpoint and the usual exit code.
         self.stop.install()
@@ -140,51 +166,116 @@ class TrainingSession:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir),
                                                 logging_dir=str(self.run_dir / "tensorboard")),
         )
-        setup_logging(self.run_dir, acc.process_index, acc.is_main_process)
-        logger.info("run folder %s; %d process(es) on %s; mixed precision %s", self.run_dir,
-                    acc.num_processes, acc.device, acc.mixed_precision)
-        plateau_cfg = self.plateau.cfg
+        setup_logging(acc.process_index, acc.is_main_process)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+        self.threads = set_cpu_threads(self.cpu_threads, local_processes)
+        logger.info("run folder %s; %d process(es) on %s; mixed precision %s; %d CPU thread(s) per process",
+                    self.run_dir, acc.num_processes, acc.device, acc.mixed_precision, self.threads)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=self.checkpoint_cfg.keep_last,
-                                             keep_best=self.checkpoint_cfg.keep_best,
-                                             best_metric=plateau_cfg.monitor, best_mode=plateau_cfg.mode)
-        if acc.is_main_process:
-            self.checkpoints.clean_stale()
-        acc.wait_for_everyone()
+                                             keep_best=self.checkpoint_cfg.keep_best)
         self.resume_from = resolve_resume(resume, self.checkpoints)
         if self.resume_from is not None:
-            check_resume_config(self.resume_from, to_dict(self.config), shape_sections=self.shape_sections)
-        if acc.is_main_process:
-            save_config(self.config, self.run_dir / "config.yaml")
+            self.config_changes = check_resume_config(self.resume_from, to_dict(self.config),
+                                                      shape_sections=self.shape_sections)
         seed_everything(self.seed + acc.process_index)
         return acc
-
-    def restore(self, stateful: Sequence[Any]) -> None:
-        """Register the recipe's extra checkpointed objects (schedulers, ...) with ours, load the
-        checkpoint when resuming, and start the trackers. Call after `accelerator.prepare`."""
-        acc = self.accelerator
-        for obj in (*stateful, self.progress, self.plateau):
-            acc.register_for_checkpointing(obj)
-        if self.resume_from is not None:
-            check_same_engine(self.resume_from.path, deepspeed=is_deepspeed(acc))
-            self._load_state(self.resume_from.path)
-            ensure_rng_restored(self.resume_from, acc.process_index, self.seed, acc.device.type)
-            self.sampler.load_state_dict(self.progress.sampler)
-            logger.info("resumed from %s: step %d, epoch %d", self.resume_from.path, self.progress.step,
-                        self.progress.epoch)
-        else:
-            self.progress.run_id = new_run_id()
-        self.plateau.scale_learning_rates(self.schedulers)
-        start_trackers(acc, self.tracking_cfg, self.run_dir, to_dict(self.config), self.progress.run_id)
-
-    def warn_about_intervals(self, epochs: int) -> None:
-        ck = self.checkpoint_cfg
-        if ck.every_n_epochs and ck.every_n_epochs > epochs and not ck.every_n_steps:
-            logger.warning("checkpoint.every_n_epochs=%d is longer than the run (%d epochs): only the "
-                           "final checkpoint will be written", ck.every_n_epochs, epochs)
 
     @property
     def resuming(self) -> bool:
         return self.resume_from is not None
+
+    def attach(self, recipe: Recipe, *, models: Sequence[torch.nn.Module], schedulers: Sequence,
+               sampler, schedule_per_step: bool, extra_states: dict[str, Accelerator] | None = None,
+               export_model: int = 0) -> None:
+        """Give the session the recipe's prepared parts (call once, after `accelerator.prepare`).
+
+        `models`: prepared in this order on the session's Accelerator (or each on its own one in
+        `extra_states`, under DeepSpeed); checkpoints hold their weights, best-weight restore loads
+        them all, `models[export_model]` is the exported one. `schedulers` (not passed to prepare:
+        Accelerate would step them once per process) advance per optimizer step when
+        `schedule_per_step`, else per epoch; the plateau scale sits on top of both.
+
+        Checks the monitored metric, loads the checkpoint when resuming (and applies the current
+        optimizer settings), then opens the run folder: `train.log`, `config.yaml`, trackers. A run
+        whose checkpoint says it finished is left untouched (`run` then only says so)."""
+        acc = self.accelerator
+        reported = tuple(recipe.reported_metrics())
+        monitor = self.plateau.cfg.monitor
+        if monitor not in reported:
+            raise ConfigError(f"plateau.monitor={monitor!r} is not a metric this recipe reports; it reports "
+                              + ", ".join(reported))
+        self.recipe, self.models, self.export_model = recipe, list(models), export_model
+        self.schedulers, self.sampler = list(schedulers), sampler
+        self.schedule_per_step = schedule_per_step
+        self.extra_states = dict(extra_states or {})
+        for obj in (*self.schedulers, self.progress, self.plateau):
+            acc.register_for_checkpointing(obj)
+        if self.resume_from is not None:
+            check_same_engine(self.resume_from.path, deepspeed=is_deepspeed(acc))
+            current = optimizer_settings(self.schedulers)
+            self._load_state(self.resume_from.path)
+            ensure_rng_restored(self.resume_from, acc.process_index, self.seed, acc.device.type)
+            self.sampler.load_state_dict(self.progress.sampler)
+            self.already_finished = self._finished_text()
+            if self.already_finished:
+                return  # nothing is written: the run folder stays as the finished run left it
+            self._apply_settings(current)
+        else:
+            self.progress.run_id = new_run_id()
+        self.plateau.scale_learning_rates(self.schedulers)
+        self._open_run_folder()
+
+    def _open_run_folder(self) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            open_log_file(self.run_dir)
+            self.checkpoints.clean_stale()
+            save_config(self.config, self.run_dir / "config.yaml")
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            open_log_file(self.run_dir)
+        if self.resume_from is not None:
+            logger.info("resumed from %s: step %d, epoch %d", self.resume_from.path, self.progress.step,
+                        self.progress.epoch)
+            for line in describe_environment_changes(self.resume_from, self._manifest_environment()):
+                logger.warning("resume: %s", line)
+        start_trackers(acc, self.tracking_cfg, self.run_dir, to_dict(self.config), self.progress.run_id)
+        ck = self.checkpoint_cfg
+        if ck.every_n_epochs and ck.every_n_epochs > self.epochs and not ck.every_n_steps:
+            logger.warning("checkpoint.every_n_epochs=%d is longer than the run (%d epochs): only the "
+                           "final checkpoint will be written", ck.every_n_epochs, self.epochs)
+
+    def _finished_text(self) -> str:
+        """Why the checkpointed run needs no more training with the current limits ("" if it does)."""
+        progress = self.progress
+        if self.plateau.stopped:
+            return (f"it stopped early at step {progress.step} ({self.plateau.stop_reason}). To train on, "
+                    "start a new run from its best export (train.pretrained_*=<run>/exports/...)")
+        if self.max_steps is not None and progress.step >= self.max_steps:
+            return (f"it reached train.max_steps={self.max_steps} (step {progress.step}). To continue, "
+                    "raise train.max_steps and resume")
+        if progress.epoch >= self.epochs:
+            return (f"it trained all train.epochs={self.epochs} (step {progress.step}). To continue, raise "
+                    "train.epochs and resume")
+        return ""
+
+    def _apply_settings(self, current: list[dict[str, Any]]) -> None:
+        """After `load_state`: the optimizers' and schedules' settings of the current config win
+        (learning rate and group ratios, betas, eps, weight decay, decay rate); the position (epoch,
+        step, moments) and the plateau scale come from the checkpoint. Each change is logged."""
+        saved, now = self.resume_from.manifest.get("config", {}), to_dict(self.config)
+        for key in self.config_changes:
+            logger.info("resume: %s changed from %r to %r (applies from the next step)", key,
+                        lookup(saved, key), lookup(now, key))
+        for index, (scheduler, wanted) in enumerate(zip(self.schedulers, current, strict=True)):
+            for line in apply_optimizer_settings(scheduler, wanted):
+                logger.info("resume: optimizer %d %s", index, line)
+
+    def _manifest_environment(self) -> dict[str, Any]:
+        acc = self.accelerator
+        return {"world_size": acc.num_processes, "versions": library_versions(),
+                "extra": {"device_type": acc.device.type, "mixed_precision": str(acc.mixed_precision),
+                          "cpu_threads": self.threads, "run_dir": str(self.run_dir)}}
 
     # ------------------------------------------------------------------------------ the loop
     def record_step(self, skipped: bool) -> None:
@@ -196,13 +287,13 @@ class TrainingSession:
         else:
             self.progress.nonfinite_steps = 0
 
-    def end_epoch(self, step_schedulers: bool = True) -> None:
+    def end_epoch(self) -> None:
         """The sampler's next epoch and, for per-epoch schedules (S2's ExponentialLR), the LR decay
-        with the plateau scale on top. Per-step schedules (S1) pass `step_schedulers=False` and call
-        `step_schedulers()` after each optimizer step instead."""
+        with the plateau scale on top."""
         self.progress.epoch += 1
+        self._saved_step = None  # the epoch counter (and the schedule) moved on since that save
         self.sampler.set_epoch(self.progress.epoch)
-        if step_schedulers:
+        if not self.schedule_per_step:
             self.step_schedulers()
 
     def step_schedulers(self) -> None:
@@ -211,26 +302,27 @@ class TrainingSession:
             scheduler.step()
         self.plateau.scale_learning_rates(self.schedulers)
 
-    def run(self, loader, train_step: Callable[[list], tuple[dict[str, float], bool]], *, epochs: int,
-            grad_accum: int, max_steps: int | None, log_every: int, desc: str,
-            postfix: Callable[[dict[str, float]], dict[str, str]], schedule_per_step: bool) -> int:
-        """The epoch loop both recipes run; returns the process exit code.
+    def run(self, loader, *, grad_accum: int, log_every: int, desc: str,
+            postfix: Callable[[dict[str, float]], dict[str, str]]) -> int:
+        """The epoch loop every recipe runs; returns the process exit code.
 
-        `train_step(micro_batches)` does one optimizer step over `grad_accum` batches and returns
-        (values to log, skipped). Per-step schedules (S1's warmup + cosine) advance after every
-        optimizer step, per-epoch ones (S2's ExponentialLR) at the end of each epoch; the plateau
-        scale stays on top of both. After each step and epoch `after_step` validates, decides and
-        saves; a rollback reloads the last checkpoint and the loop goes on from its position.
+        `recipe.train_step(micro_batches)` does one optimizer step over `grad_accum` batches. After
+        each step and epoch `after_step` validates, decides and saves; a rollback reloads the last
+        checkpoint and the loop goes on from its position.
         """
+        if self.already_finished:
+            logger.info("%s is finished: %s", self.run_dir, self.already_finished)
+            self.stop.restore()
+            return 0
         acc, progress, sampler = self.accelerator, self.progress, self.sampler
-        total_steps = sampler.steps_per_epoch() // grad_accum * epochs
-        if max_steps is not None:
-            total_steps = min(total_steps, max_steps)
+        total_steps = sampler.steps_per_epoch() // grad_accum * self.epochs
+        if self.max_steps is not None:
+            total_steps = min(total_steps, self.max_steps)
         bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process, desc=desc,
                    dynamic_ncols=True)
         speed = TrainingSpeed(acc.device)
-        outcome = "continue"
-        while progress.epoch < epochs and outcome == "continue":
+        outcome = RunOutcome.CONTINUE
+        while progress.epoch < self.epochs and outcome is RunOutcome.CONTINUE:
             if sampler.epoch != progress.epoch:
                 sampler.set_epoch(progress.epoch)
             micro_batches = []
@@ -239,42 +331,40 @@ class TrainingSession:
                 if len(micro_batches) < grad_accum:
                     continue
                 started = time.perf_counter()
-                logs, skipped = train_step(micro_batches)
+                result = self.recipe.train_step(micro_batches)
                 speed.add(time.perf_counter() - started)
                 micro_batches = []
                 sampler.advance(grad_accum)
-                self.record_step(skipped)
-                if schedule_per_step:
+                self.record_step(result.skipped)
+                if self.schedule_per_step:
                     self.step_schedulers()
-                bar.update(1)
+                logs = result.logs
                 if progress.step % log_every == 0:
                     logs["train/nonfinite_steps_total"] = float(self.nonfinite_total)
                     logs.update(speed.logs())
                     acc.log(logs, step=progress.step)
-                    bar.set_postfix(postfix(logs), refresh=False)
-                outcome = self.after_step(epoch_end=False, max_steps=max_steps)
-                if outcome != "continue":
+                bar.set_postfix(postfix(logs), refresh=False)
+                bar.update(1)
+                outcome = self.after_step(epoch_end=False)
+                if outcome is not RunOutcome.CONTINUE:
                     break
             else:
                 # The epoch ran to its end: per-epoch LR decay, then epoch-level validation and saves.
-                self.end_epoch(step_schedulers=not schedule_per_step)
+                self.end_epoch()
                 outcome = self.after_step(epoch_end=True)
-            if outcome == "rollback":
+            if outcome is RunOutcome.ROLLBACK:
                 outcome = self.rollback()
                 bar.n = progress.step
                 bar.refresh()
         bar.close()
         logger.info("%s", speed.summary())
-        reason = "finished" if outcome == "continue" else outcome
-        self.finish(reason)
-        return self.exit_code(reason)
+        if outcome is RunOutcome.CONTINUE:
+            outcome = RunOutcome.FINISHED
+        self.finish(outcome)
+        return self.exit_code(outcome)
 
-    def after_step(self, epoch_end: bool, max_steps: int | None = None) -> str:
-        """Validation, plateau decisions, interval saves and stop checks at a step or epoch boundary.
-
-        Returns "continue", or why the run must stop ("early_stop", "signal", "max_steps",
-        "nonfinite"), or "rollback" (the recipe then calls `rollback` and goes on).
-        """
+    def after_step(self, epoch_end: bool) -> RunOutcome:
+        """Validation, plateau decisions, interval saves and stop checks at a step or epoch boundary."""
         progress, ck = self.progress, self.checkpoint_cfg
         count = progress.epoch if epoch_end else progress.step
         every_val = self.validation_cfg.every_n_epochs if epoch_end else self.validation_cfg.every_n_steps
@@ -282,49 +372,64 @@ class TrainingSession:
         if not epoch_end and progress.nonfinite_steps >= self.max_nonfinite_steps:
             logger.error("%d consecutive steps with non-finite losses (last at step %d)",
                          progress.nonfinite_steps, progress.step)
-            return "rollback" if self.on_nonfinite == "rollback" else "nonfinite"
-        saved = False
+            return RunOutcome.ROLLBACK if self.on_nonfinite == "rollback" else RunOutcome.NONFINITE
         if interval_due(every_val, count):
-            outcome, saved = self._evaluate()
-            if outcome != "continue":
+            outcome = self._evaluate()
+            if outcome is not RunOutcome.CONTINUE:
                 return outcome
-        if not saved and interval_due(every_save, count):
+        if self._saved_step != progress.step and interval_due(every_save, count):
             self.save("interval")
         if self.stop.requested(self.accelerator):
-            return "signal"
-        if max_steps is not None and progress.step >= max_steps:
-            return "max_steps"
-        return "continue"
+            return RunOutcome.SIGNAL
+        if self.max_steps is not None and progress.step >= self.max_steps:
+            return RunOutcome.MAX_STEPS
+        return RunOutcome.CONTINUE
 
-    def _evaluate(self) -> tuple[str, bool]:
-        """Validate, log, and act on the plateau controller's decision. Returns (outcome, saved)."""
+    def validate(self) -> ValidationResult:
+        """The recipe's validation (all processes), on a forked RNG so that it never changes the
+        training run's random stream."""
+        acc = self.accelerator
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self.recipe.validate()
+
+    def _evaluate(self) -> RunOutcome:
+        """Validate, log every metric and the media, and act on the plateau controller's decision."""
         progress, monitor = self.progress, self.plateau.cfg.monitor
-        metric = self.validate()
+        result = self.validate()
+        if monitor not in result.metrics:
+            raise ConfigError(f"plateau.monitor={monitor!r} is not among the validation's metrics: "
+                              + ", ".join(result.metrics))
+        metric = result.metrics[monitor]
         decision = self.plateau.update(metric, step=progress.step, epoch=progress.epoch)
-        self.accelerator.log({monitor: metric, **self.plateau.log_values()}, step=progress.step)
-        logger.info("step %d epoch %d: %s = %.5f (%s)", progress.step, progress.epoch, monitor, metric,
-                    decision.reason)
-        self.last_metrics, self.last_metrics_step = {monitor: metric}, progress.step
-        saved = False
+        self.accelerator.log({**result.metrics, **self.plateau.log_values()}, step=progress.step)
+        log_media(self.accelerator, progress.step, result.media, result.sampling_rate or 0)
+        others = ", ".join(f"{k} = {v:.5f}" for k, v in result.metrics.items() if k != monitor)
+        logger.info("step %d epoch %d: %s = %.5f%s (%s)", progress.step, progress.epoch, monitor, metric,
+                    f"; {others}" if others else "", decision.reason)
+        self.last_metrics, self.last_metrics_step = dict(result.metrics), progress.step
         if decision.is_best:
             progress.best_metric, progress.best_step = metric, progress.step
             if self.checkpoint_cfg.save_on_best:
-                self.save("best")
-                saved = True
+                self.save("best", best=True)
         if decision.action == "reduce_lr":
             self.plateau.scale_learning_rates(self.schedulers)
-        if decision.restore_best and decision.action != "stop":
+        if decision.action == "stop":
+            return RunOutcome.EARLY_STOP
+        if decision.restore_best:  # a divergence rollback: back to the best weights, lower LR
             self.restore_best_weights()
-        return ("early_stop" if decision.action == "stop" else "continue"), saved
+        return RunOutcome.CONTINUE
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save(self, reason: str) -> Path | None:
+    def save(self, reason: str, best: bool = False, weights_of_step: int | None = None) -> Path | None:
         """A complete checkpoint of everything needed to continue exactly (call on all processes).
 
         Not written (None returned, error logged) when the models hold NaN/inf values: such a
-        checkpoint would become the resume and rollback point. The validation metric is recorded
-        only in a checkpoint of the step it was measured at, so "best" always means those weights.
-        Raises CheckpointWriteError (on every process) when the checkpoint cannot be written."""
+        checkpoint would become the resume and rollback point. The validation metrics are recorded
+        only in a checkpoint of the step they were measured at and of those weights, so "best"
+        always means those weights; `weights_of_step` records that the weights are an earlier
+        step's (restored best weights). Raises CheckpointWriteError (on every process) when the
+        checkpoint cannot be written."""
         acc, progress = self.accelerator, self.progress
         broken = self.nonfinite_weights()
         if broken:
@@ -333,13 +438,20 @@ class TrainingSession:
                          reason, ", ".join(broken[:5]) or "another process's models")
             return None
         progress.sampler = self.sampler.state_dict()
-        metrics = dict(self.last_metrics) if self.last_metrics_step == progress.step else {}
+        same_weights = self.last_metrics_step == progress.step and weights_of_step is None
+        # The same step saved again with the same weights stays the best checkpoint it was.
+        best = best or (same_weights and self.plateau.best_step == progress.step)
+        environment = self._manifest_environment()["extra"]
+        extra = {"reason": reason, "wandb_run_id": progress.run_id, **environment}
+        if weights_of_step is not None:
+            extra["weights_of_step"] = weights_of_step
+        protect = (self.plateau.best_step,) if self.plateau.best_step is not None else ()
         path = self.checkpoints.save(
-            acc, step=progress.step, epoch=progress.epoch, metrics=metrics,
+            acc, step=progress.step, epoch=progress.epoch, metrics=self.last_metrics if same_weights else {},
             config_fingerprint=fingerprint(to_dict(self.config).get("model", {})),
-            config=to_dict(self.config),
-            extra={"reason": reason, "wandb_run_id": progress.run_id, "device_type": acc.device.type},
-            extra_states=self.extra_states)
+            config=to_dict(self.config), extra=extra, extra_states=self.extra_states, best=best,
+            protect=protect)
+        self._saved_step = progress.step if weights_of_step is None else None
         logger.info("saved checkpoint %s (%s)", path.name, reason)
         if self.checkpoint_cfg.export_every_save:
             self.export(None, progress.epoch, progress.step, "")
@@ -351,37 +463,67 @@ class TrainingSession:
         for sub, other in self.extra_states.items():
             other.load_state(str(Path(folder) / sub))
 
+    def _model_location(self, model) -> tuple[Accelerator, str, int]:
+        """(the model's Accelerator, its checkpoint subfolder, its index among that one's models)."""
+        for sub, acc in (("", self.accelerator), *self.extra_states.items()):
+            for index, prepared in enumerate(acc._models):
+                # Compared unwrapped: Accelerate may keep another wrapper (DDP, compile) than it returned.
+                if acc.unwrap_model(prepared) is acc.unwrap_model(model):
+                    return acc, sub, index
+        raise ValueError("the model was not prepared by the session's Accelerators")
+
+    def model_weights(self, folder: Path, model) -> dict[str, torch.Tensor]:
+        """One attached model's weights as a checkpoint folder holds them (Accelerate writes
+        `model.safetensors`, `model_1.safetensors`, ... in prepare order; DeepSpeed engines their
+        ZeRO files, consolidated here to fp32)."""
+        acc, sub, index = self._model_location(model)
+        folder = Path(folder) / sub
+        if is_deepspeed(acc):
+            from .deepspeed_support import consolidated_state_dict
+
+            return consolidated_state_dict(folder)
+        return load_file(str(folder / ("model.safetensors" if index == 0 else f"model_{index}.safetensors")))
+
+    def load_weights(self, folder: Path) -> None:
+        """Every attached model's weights from a checkpoint folder (all processes)."""
+        for model in self.models:
+            acc = self._model_location(model)[0]
+            weights = self.model_weights(folder, model)
+            if is_deepspeed(acc):
+                from .deepspeed_support import load_into_engine
+
+                load_into_engine(acc, model, weights)
+            else:
+                acc.unwrap_model(model).load_state_dict(weights)
+
     def nonfinite_weights(self) -> list[str]:
-        """Names of the prepared models' floating-point parameters and buffers holding NaN/inf
+        """Names of the attached models' floating-point parameters and buffers holding NaN/inf
         (all processes agree: any process's finding counts on every one)."""
-        acc = self.accelerator
         tensors = [(f"{index}.{name}" if index else name, tensor)
-                   for index, model in enumerate(
-                       [*acc._models, *(m for other in self.extra_states.values() for m in other._models)])
-                   for name, tensor in acc.unwrap_model(model).state_dict().items()
+                   for index, model in enumerate(self.models)
+                   for name, tensor in self._model_location(model)[0].unwrap_model(model).state_dict().items()
                    if tensor.is_floating_point()]
         broken: list[str] = []
         if tensors and not bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
             broken = [name for name, t in tensors if not bool(torch.isfinite(t).all())]
-        if acc.num_processes > 1:
-            flag = torch.tensor([1.0 if broken else 0.0], device=acc.device)
-            if acc.reduce(flag, reduction="sum").item() > 0 and not broken:
-                broken = [""]  # broken on another process only
+        if any_process(self.accelerator, bool(broken))[0] and not broken:
+            broken = [""]  # broken on another process only
         return broken
 
-    def rollback(self) -> str:
+    def rollback(self) -> RunOutcome:
         """Return to the last complete checkpoint after repeated non-finite steps, with the LR scale
-        times `rollback_lr_factor`. Returns "continue", or "nonfinite" when no checkpoint or LR
+        times `rollback_lr_factor`. Returns CONTINUE, or NONFINITE when no checkpoint or LR
         reduction is left (the run then stops)."""
         target = self.checkpoints.latest_valid()
         if target is None:
             logger.error("no complete checkpoint to roll back to: stopping")
-            return "nonfinite"
+            return RunOutcome.NONFINITE
         scale_before = self.plateau.lr_scale
         self._load_state(target.path)
         self.sampler.load_state_dict(self.progress.sampler)
         self.progress.nonfinite_steps = 0
         self.last_metrics_step = None
+        self._saved_step = self.progress.step
         # load_state restored the checkpoint's LR scale: continue from the lower of the two, so that
         # repeated rollbacks keep lowering it (and end at min_lr_scale) instead of cycling forever.
         self.plateau.lr_scale = min(self.plateau.lr_scale, scale_before)
@@ -389,22 +531,30 @@ class TrainingSession:
         if scaled is None:
             logger.error("rolled back to %s but the LR scale is already at plateau.min_lr_scale: "
                          "stopping", target.path.name)
-            return "nonfinite"
+            return RunOutcome.NONFINITE
         self.plateau.scale_learning_rates(self.schedulers)
         logger.warning("rolled back to %s (step %d); LR scale %.4g -> %.4g", target.path.name,
                        self.progress.step, *scaled)
-        return "continue"
+        return RunOutcome.CONTINUE
 
-    def restore_best_weights(self) -> None:
-        """Load the models' weights of the best checkpoint (all processes)."""
-        best = self.checkpoints.best()
+    def best_checkpoint(self) -> CheckpointInfo | None:
+        """The checkpoint of the plateau controller's best step (its decision, min_delta and mode
+        included), or None when there is none (no validation yet, or `save_on_best` off and that step
+        not saved)."""
+        step = self.plateau.best_step
+        return None if step is None else self.checkpoints.find(step)
+
+    def restore_best_weights(self) -> CheckpointInfo | None:
+        """Load the models' weights of the best checkpoint (all processes); returns it, or None."""
+        best = self.best_checkpoint()
         if best is None:
-            logger.warning("no best checkpoint to restore: keeping the current weights")
-            return
+            logger.warning("no checkpoint of the best step to restore: keeping the current weights")
+            return None
         self.load_weights(best.path)
-        monitor = self.plateau.cfg.monitor
-        logger.info("restored the best weights (step %d, %s = %.5f)", best.step, monitor,
-                    best.metrics[monitor])
+        self._saved_step = None
+        logger.info("restored the best weights (step %d, %s = %.5f)", best.step, self.plateau.cfg.monitor,
+                    self.plateau.best)
+        return best
 
     def export(self, checkpoint: Path | None, epoch: int, step: int, tag: str = "") -> Path | None:
         """Export the current weights (`checkpoint` None) or a checkpoint folder's in the GPT-SoVITS
@@ -412,48 +562,102 @@ class TrainingSession:
         an error is logged and None returned."""
         if not self.accelerator.is_main_process:
             return None
-        state_dict = self.export_weights(checkpoint)
+        model = self.models[self.export_model]
+        if checkpoint is None:
+            state_dict = self._model_location(model)[0].unwrap_model(model).state_dict()
+        else:
+            state_dict = self.model_weights(checkpoint, model)
         broken = nonfinite_tensors(state_dict)
         if broken:
             logger.error("not exporting step %d: non-finite weights in %s", step, ", ".join(broken[:5]))
             return None
-        path = self.write_export(state_dict, self.exp_name + (f"_{tag}" if tag else ""), epoch, step)
+        path = self.recipe.write_export(state_dict, self.exp_name + (f"_{tag}" if tag else ""), epoch, step)
         logger.info("exported %s", path)
         return path
 
-    def finish(self, reason: str) -> None:
-        """Final checkpoint and exports whatever the intervals; then end the trackers."""
+    def finish(self, outcome: RunOutcome) -> None:
+        """The one place that decides the end: best weights restored at an early stop, a final
+        checkpoint unless this step's weights are already saved, exports of the final and the best
+        model; then the trackers end."""
         acc, progress = self.accelerator, self.progress
-        if reason == "early_stop" and self.plateau.cfg.restore_best:
-            self.restore_best_weights()
-        self.save(f"final ({reason})")
+        weights_of_step = None
+        if outcome is RunOutcome.EARLY_STOP and self.plateau.cfg.restore_best:
+            restored = self.restore_best_weights()
+            weights_of_step = restored.step if restored is not None else None
+        if outcome.completes_run:
+            progress.finished = outcome.value  # for the record: a re-launch tells it from the limits
+        if self._saved_step != progress.step:
+            self.save(f"final ({outcome.value})", weights_of_step=weights_of_step)
         self.export(None, progress.epoch, progress.step, "")
-        best = self.checkpoints.best()
+        best = self.best_checkpoint()
         if best is not None:
             self.export(best.path, best.epoch, best.step, "best")
-        logger.info("training stopped: %s at step %d, epoch %d", reason, progress.step, progress.epoch)
+        logger.info("training stopped: %s at step %d, epoch %d", outcome.value, progress.step, progress.epoch)
         self.stop.restore()
         acc.end_training()
 
-    def exit_code(self, reason: str) -> int:
+    def exit_code(self, outcome: RunOutcome) -> int:
         """The process exit code for how the run ended (see docs/reliability.md): 0 finished or early
         stop, 128 + signal number after SIGTERM/SIGINT, EXIT_CODE_NONFINITE after non-finite losses."""
-        if reason == "signal":
+        if outcome is RunOutcome.SIGNAL:
             return self.stop.exit_code
-        return EXIT_CODE_NONFINITE if reason == "nonfinite" else 0
+        return EXIT_CODE_NONFINITE if outcome is RunOutcome.NONFINITE else 0
 
     def abort_on_write_error(self, err: CheckpointWriteError) -> int:
         """End a run whose checkpoint could not be written (all processes): log, end the trackers,
         return EXIT_CODE_CHECKPOINT_WRITE. Later saves would fail too, so training does not go on."""
-        logger.error("%s", err)
+        logger.error("%s", err, extra={"console": False})
         logger.error("training stopped: checkpoint could not be written at step %d; nothing after the "
-                     "newest complete checkpoint was kept", self.progress.step)
+                     "newest complete checkpoint was kept", self.progress.step, extra={"console": False})
         self.stop.restore()
         try:
             self.accelerator.end_training()
         except (OSError, RuntimeError) as end_err:  # a tracker flushing to the same full disk
             logger.warning("ending the trackers failed too: %s", end_err)
         return EXIT_CODE_CHECKPOINT_WRITE
+
+
+# Optimizer/schedule settings that a config may change on resume; the rest of the optimizer's and
+# scheduler's state (moments, step counts, epoch) is the run's position and comes from the checkpoint.
+_GROUP_SETTINGS = ("initial_lr", "betas", "eps", "weight_decay", "momentum", "amsgrad")
+_SCHEDULE_SETTINGS = ("gamma",)
+
+
+def _raw(scheduler):
+    return getattr(scheduler, "scheduler", scheduler)  # an Accelerate AcceleratedScheduler, or itself
+
+
+def optimizer_settings(schedulers: Sequence) -> list[dict[str, Any]]:
+    """The settings the current config gave each scheduler and its optimizer's groups (before
+    `load_state` replaces them with the checkpoint's)."""
+    result = []
+    for scheduler in schedulers:
+        raw = _raw(scheduler)
+        groups = [{key: group[key] for key in _GROUP_SETTINGS if key in group}
+                  for group in raw.optimizer.param_groups]
+        schedule = {key: getattr(raw, key) for key in _SCHEDULE_SETTINGS if hasattr(raw, key)}
+        result.append({"groups": groups, "schedule": schedule})
+    return result
+
+
+def apply_optimizer_settings(scheduler, wanted: dict[str, Any]) -> list[str]:
+    """Put the current config's settings back after `load_state`; returns one line per change.
+    A changed `initial_lr` (train.learning_rate, or a group's ratio) becomes the schedule's base LR,
+    so the LR follows the same schedule position from the new base."""
+    raw = _raw(scheduler)
+    lines = []
+    for index, (group, settings) in enumerate(zip(raw.optimizer.param_groups, wanted["groups"], strict=True)):
+        for key, value in settings.items():
+            if group.get(key) != value:
+                lines.append(f"group {index}: {key} {group.get(key)!r} -> {value!r}")
+                group[key] = value
+                if key == "initial_lr":
+                    raw.base_lrs[index] = value
+    for key, value in wanted["schedule"].items():
+        if getattr(raw, key) != value:
+            lines.append(f"schedule: {key} {getattr(raw, key)!r} -> {value!r}")
+            setattr(raw, key, value)
+    return lines
 
 
 def check_same_engine(checkpoint: Path, *, deepspeed: bool) -> None:
@@ -523,8 +727,9 @@ def run_recipe(name: str, description: str, config_class: type, recipe_class: ty
                argv: list[str] | None = None) -> int:
     """A recipe's command line, `[--config FILE] [--resume auto|PATH] [section.key=value ...]`: load the
     config, `recipe_class(cfg, resume=...).setup()`, then `.train()`. Returns the exit code: the
-    training's, EXIT_CODE_USER_ERROR for bad input found during set-up, EXIT_CODE_CHECKPOINT_WRITE when
-    a checkpoint cannot be written (later saves would fail too, so the run stops)."""
+    training's, EXIT_CODE_USER_ERROR for bad input found during set-up (one line on stderr, nothing
+    written to the run folder), EXIT_CODE_CHECKPOINT_WRITE when a checkpoint cannot be written
+    (later saves would fail too, so the run stops)."""
     parser = argparse.ArgumentParser(prog=name, description=description)
     parser.add_argument("--config", type=Path, default=default_config, help="YAML config (default: demo)")
     parser.add_argument("--resume", default=None,
@@ -537,11 +742,23 @@ def run_recipe(name: str, description: str, config_class: type, recipe_class: ty
         recipe = recipe_class(cfg, resume=args.resume)
         recipe.setup()
     except USER_ERRORS as err:
-        logger.error("%s", err)
-        print(f"{name}: error: {err}", file=sys.stderr)
-        return EXIT_CODE_USER_ERROR
+        return report_user_error(name, err)
     try:
         return recipe.train()
     except CheckpointWriteError as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {one_line(err)}", file=sys.stderr)
         return recipe.session.abort_on_write_error(err)
+
+
+def one_line(err: BaseException) -> str:
+    """An error message on one line (library messages sometimes span several)."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+
+
+def report_user_error(name: str, err: BaseException) -> int:
+    """Bad input: exactly one line on stderr (`<name>: error: ...`), the same in train.log when the
+    run folder is open already; returns EXIT_CODE_USER_ERROR."""
+    message = one_line(err)
+    logger.error("%s", message, extra={"console": False})
+    print(f"{name}: error: {message}", file=sys.stderr)
+    return EXIT_CODE_USER_ERROR

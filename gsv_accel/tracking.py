@@ -1,7 +1,8 @@
 """Run logging and experiment trackers (W&B and TensorBoard through Accelerate).
 
 * `train.log` in the run folder receives every log record of the main process (and warnings of the
-  others, tagged with their rank); the console shows INFO and up.
+  others, tagged with their rank), from the first one on, once the run's inputs were found good;
+  the console shows INFO on stdout, warnings and errors on stderr, above the progress bar.
 * W&B runs online only when credentials exist; otherwise it runs offline (files under
   `<run>/wandb/`, upload later with `wandb sync`). An explicit `WANDB_MODE` always wins. A resumed
   run passes the saved run id with `resume="allow"`, so online it continues the same W&B run.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import netrc
 import os
 import sys
@@ -44,34 +46,90 @@ class _RankFilter(logging.Filter):
         return True
 
 
-def setup_logging(run_dir: Path, rank: int, is_main: bool) -> Path:
-    """Send the `gsv_accel` and `recipes` loggers to `<run_dir>/train.log` and the console.
+class _ConsoleFilter(logging.Filter):
+    """Console handlers skip records logged with `extra={"console": False}` (a user error that the
+    command line prints once itself) and keep to their level band (stdout below WARNING)."""
 
-    Every process appends to the same file: the main one at INFO, the others only warnings, so a
-    problem on any rank is on record without repeating the main process's messages.
+    def __init__(self, below: int | None = None) -> None:
+        super().__init__()
+        self.below = below
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "console", True):
+            return False
+        return self.below is None or record.levelno < self.below
+
+
+class _TqdmStreamHandler(logging.StreamHandler):
+    """Writes through `tqdm.write`, so a log line never lands on the same line as a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 (logging must never raise; the stdlib handler does the same)
+            self.handleError(record)
+
+
+_LOGGERS = ("gsv_accel", "recipes", "__main__")
+
+
+def setup_logging(rank: int, is_main: bool) -> None:
+    """Console logging for the `gsv_accel` and `recipes` loggers, and a buffer for `train.log`.
+
+    Information goes to stdout, warnings and errors to stderr (other ranks: warnings only). Nothing
+    is written to the run folder yet: records are kept in memory until `open_log_file`, which the
+    session calls once the run's inputs are known to be good, so a run refused for bad input leaves
+    no trace in the run folder.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "train.log"
-    formatter = logging.Formatter(LOG_FORMAT)
-    # On the handlers, not the loggers: logger filters do not see records of child loggers.
     rank_filter = _RankFilter(rank)
-    file_handler = logging.FileHandler(log_path, encoding="utf-8")
-    file_handler.setFormatter(formatter)
-    file_handler.setLevel(logging.INFO if is_main else logging.WARNING)
-    file_handler.addFilter(rank_filter)
-    console = logging.StreamHandler(sys.stderr)
-    console.addFilter(rank_filter)
-    console.setFormatter(formatter)
-    console.setLevel(logging.INFO if is_main else logging.WARNING)
-    for name in ("gsv_accel", "recipes", "__main__"):
+    formatter = logging.Formatter(LOG_FORMAT)
+    level = logging.INFO if is_main else logging.WARNING
+    stdout = _TqdmStreamHandler(sys.stdout)
+    stdout.addFilter(_ConsoleFilter(below=logging.WARNING))
+    stderr = _TqdmStreamHandler(sys.stderr)
+    stderr.setLevel(logging.WARNING)
+    stderr.addFilter(_ConsoleFilter())
+    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    buffer.setLevel(level)
+    for handler in (stdout, stderr, buffer):
+        handler.addFilter(rank_filter)
+        handler.setFormatter(formatter)
+    stdout.setLevel(level)
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
         logger.propagate = False
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
-        for handler in (file_handler, console):
+        for handler in (stdout, stderr, buffer):
             logger.addHandler(handler)
+
+
+def open_log_file(run_dir: Path) -> Path:
+    """Start appending to `<run_dir>/train.log` (created with the folder), beginning with the records
+    buffered since `setup_logging`. Every process appends to the same file: the main one at INFO,
+    the others only warnings, tagged with their rank."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "train.log"
+    file_handler: logging.FileHandler | None = None
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if not isinstance(handler, logging.handlers.MemoryHandler):
+                continue
+            if file_handler is None:
+                file_handler = logging.FileHandler(log_path, encoding="utf-8")
+                file_handler.setLevel(handler.level)
+                file_handler.setFormatter(handler.formatter)
+                for log_filter in handler.filters:
+                    file_handler.addFilter(log_filter)
+                handler.setTarget(file_handler)
+                handler.flush()
+            logger.removeHandler(handler)
+            logger.addHandler(file_handler)
     return log_path
 
 
@@ -138,6 +196,14 @@ def mel_to_image(mel: np.ndarray) -> np.ndarray:
     return np.repeat(image[:, :, None], 3, axis=2)
 
 
+def media_key(name: str) -> str:
+    """Tracker key part of a validation utterance: its name without the audio file's extension."""
+    return Path(name).stem if Path(name).suffix.lower() in AUDIO_SUFFIXES else name
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma")
+
+
 def log_media(accelerator, step: int, samples: list[dict[str, Any]], sampling_rate: int) -> None:
     """Log generated audio and mel images: each sample is {name, audio (T,), mel (n_mels, T)}.
 
@@ -152,13 +218,14 @@ def log_media(accelerator, step: int, samples: list[dict[str, Any]], sampling_ra
         run = accelerator.get_tracker("wandb", unwrap=True)
         payload = {}
         for sample in samples:
-            payload[f"val_audio/{sample['name']}"] = wandb.Audio(sample["audio"], sample_rate=sampling_rate)
-            payload[f"val_mel/{sample['name']}"] = wandb.Image(mel_to_image(sample["mel"]))
+            key = media_key(sample["name"])
+            payload[f"val_audio/{key}"] = wandb.Audio(sample["audio"], sample_rate=sampling_rate)
+            payload[f"val_mel/{key}"] = wandb.Image(mel_to_image(sample["mel"]))
         run.log(payload, step=step)
     if "tensorboard" in names:
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
         for sample in samples:
+            key = media_key(sample["name"])
             audio = np.clip(sample["audio"], -1.0, 1.0)[None, :]
-            writer.add_audio(f"val_audio/{sample['name']}", audio, step, sample_rate=sampling_rate)
-            writer.add_image(f"val_mel/{sample['name']}", mel_to_image(sample["mel"]), step,
-                             dataformats="HWC")
+            writer.add_audio(f"val_audio/{key}", audio, step, sample_rate=sampling_rate)
+            writer.add_image(f"val_mel/{key}", mel_to_image(sample["mel"]), step, dataformats="HWC")

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from gsv_accel.config import (
     CheckpointConfig,
@@ -40,19 +38,23 @@ from gsv_accel.config import (
     RunConfig,
     ValidationConfig,
     check_training_loop,
+    require_path,
     to_dict,
 )
 from gsv_accel.data.dataset import DatasetCompatibilityError, load_prepared
 from gsv_accel.data.s1 import S1Collate, S1Filter, filter_items
 from gsv_accel.data.sampler import LengthBucketBatchSampler
 from gsv_accel.deepspeed_support import is_deepspeed
+from gsv_accel.distributed import sum_over_processes
 from gsv_accel.formats import export_gpt, gpt_export_info, gpt_export_name, load_weights_into
+from gsv_accel.lifecycle import exit_process
 from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
 from gsv_accel.models.gpt.model import top_k_accuracy
 from gsv_accel.plateau import PlateauConfig
+from gsv_accel.recipe import StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
+from gsv_accel.stepper import make_stepper
 from gsv_accel.tracking import TrackingConfig
-from gsv_accel.training import exit_process
 
 logger = logging.getLogger("recipes.s1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -162,19 +164,19 @@ class S1Recipe:
         self._setup_data()
         self.model = Text2SemanticDecoder(self.cfg.model)
         if self.cfg.train.pretrained_s1 and not session.resuming:
-            report = load_weights_into(self.model, self.cfg.train.pretrained_s1, strict=True)
+            pretrained = require_path("train.pretrained_s1", self.cfg.train.pretrained_s1)
+            report = load_weights_into(self.model, pretrained, strict=True)
             logger.info("pretrained GPT from %s: %s", self.cfg.train.pretrained_s1, report)
         self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
-        session.sampler = self.sampler
-        session.schedulers = [self.scheduler]
-        session.validate, session.load_weights = self.validate, self.load_weights
-        session.export_weights, session.write_export = self.export_weights, self.write_export
-        session.restore([self.scheduler])
-        session.warn_about_intervals(self.cfg.train.epochs)
+        self.stepper = make_stepper(acc, self.cfg.train.grad_clip)
+        # Warmup + cosine advance per optimizer step.
+        session.attach(self, models=[self.model], schedulers=[self.scheduler], sampler=self.sampler,
+                       schedule_per_step=True)
 
     def _setup_data(self) -> None:
         cfg, acc = self.cfg, self.accelerator
+        require_path("data.dataset", cfg.data.dataset, "folder")
         prepared = load_prepared(cfg.data.dataset)
         semantic = prepared.meta.get("semantic") or {}
         if not semantic:
@@ -232,17 +234,17 @@ class S1Recipe:
         """Run to the end (or an early stop / signal). Returns the process exit code."""
         tc = self.cfg.train
         return self.session.run(
-            self.loader, self.train_step, epochs=tc.epochs, grad_accum=tc.grad_accum,
-            max_steps=tc.max_steps, log_every=tc.log_every_n_steps, desc="s1",
+            self.loader, grad_accum=tc.grad_accum, log_every=tc.log_every_n_steps, desc="s1",
             postfix=lambda logs: {"loss": f"{logs['train/loss_per_token']:.3f}",
-                                  "acc": f"{logs['train/top3_acc']:.3f}"},
-            # Warmup + cosine advance per optimizer step.
-            schedule_per_step=True)
+                                  "acc": f"{logs['train/top3_acc']:.3f}"})
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, float], bool]:
+    def reported_metrics(self) -> tuple[str, ...]:
+        return ("val/loss", "val/top3_acc")
+
+    def train_step(self, micro_batches: list[dict]) -> StepResult:
         """One optimizer step over `grad_accum` micro-batches. Returns the values to log and whether
         a non-finite loss or gradient made it skip the step (decided alike on every process)."""
-        acc, tc = self.accelerator, self.cfg.train
+        acc, tc, stepper = self.accelerator, self.cfg.train, self.stepper
         n = len(micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = acc_sum = tokens = 0.0
@@ -254,39 +256,27 @@ class S1Recipe:
                       batch["semantic_ids_len"], batch["bert_feature"])
             n_targets = float((batch["semantic_ids_len"] + 1).sum())
             # Accumulating micro-batches skip DDP's gradient all-reduce until the last one.
-            with acc.no_sync(self.model) if index < n - 1 else nullcontext():
+            with stepper.no_sync(self.model, index < n - 1):
                 with acc.autocast():
                     loss, top3 = self.model(*inputs, dpo=tc.dpo)
                 loss = loss.float()
                 scaled = loss / n_targets if tc.loss_reduction == "mean" else loss
-                acc.backward(scaled / n)
+                stepper.backward(self.model, scaled / n, index == n - 1)
             bad = bad or not bool(torch.isfinite(loss))
             loss_sum += float(loss.detach())
             acc_sum += float(top3) / n
             tokens += n_targets
-        if acc.scaler is not None:
-            acc.scaler.unscale_(self.optimizer.optimizer)
-        max_norm = tc.grad_clip if tc.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        bad = bad or (acc.scaler is None and not math.isfinite(grad_norm))
-        if acc.num_processes > 1:
-            flag = torch.tensor([1.0 if bad else 0.0], device=acc.device)
-            bad = bool(acc.reduce(flag, reduction="sum").item() > 0)
-        if bad:
+        grad_norm, skipped = stepper.step(self.optimizer, self.model, bad_loss=bad)
+        if skipped:
             logger.warning("step %d: non-finite loss or gradient, optimizer step skipped",
                            self.session.progress.step + 1)
-            self.optimizer.zero_grad(set_to_none=True)
-            if acc.scaler is not None:
-                acc.scaler.update()
-        else:
-            self.optimizer.step()
-        return {"train/loss": loss_sum, "train/loss_per_token": loss_sum / max(tokens, 1.0),
-                "train/top3_acc": acc_sum, "train/grad_norm": grad_norm,
-                "train/lr": self.optimizer.param_groups[0]["lr"]}, bad
+        return StepResult({"train/loss": loss_sum, "train/loss_per_token": loss_sum / max(tokens, 1.0),
+                           "train/top3_acc": acc_sum, "train/grad_norm": grad_norm,
+                           "train/lr": self.optimizer.param_groups[0]["lr"]}, skipped)
 
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self) -> ValidationResult:
         """`val/loss`: mean cross-entropy per target position (ids + EOS, padding excluded) over the
         validation split, and `val/top3_acc`, both averaged over all processes."""
         acc = self.accelerator
@@ -314,23 +304,11 @@ class S1Recipe:
                                     float(accuracy) * float(scored.sum()), float(scored.sum())],
                                    device=acc.device, dtype=torch.float64)
         model.train()
-        if acc.num_processes > 1:
-            totals = acc.reduce(totals, reduction="sum")
-        val_loss = float(totals[0] / totals[1].clamp(min=1))
-        acc.log({"val/top3_acc": float(totals[2] / totals[3].clamp(min=1))}, step=self.session.progress.step)
-        return val_loss
+        totals = sum_over_processes(acc, totals)
+        return ValidationResult({"val/loss": float(totals[0] / totals[1].clamp(min=1)),
+                                 "val/top3_acc": float(totals[2] / totals[3].clamp(min=1))})
 
-    # --------------------------------------------------------------------------------- weights
-    def load_weights(self, checkpoint: Path) -> None:
-        weights = load_file(str(checkpoint / "model.safetensors"))
-        self.accelerator.unwrap_model(self.model).load_state_dict(weights)
-
-    def export_weights(self, checkpoint: Path | None) -> dict[str, torch.Tensor]:
-        """The GPT's weights: current (`checkpoint` None) or a checkpoint folder's."""
-        if checkpoint is None:
-            return self.accelerator.unwrap_model(self.model).state_dict()
-        return load_file(str(checkpoint / "model.safetensors"))
-
+    # --------------------------------------------------------------------------------- exports
     def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:
         """`exports/<name>-e<E>.ckpt` in the GPT_weights format (named by epoch, as the official)."""
         path = self.session.run_dir / "exports" / gpt_export_name(name, epoch)

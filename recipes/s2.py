@@ -27,25 +27,31 @@ generated audio, averaged over all processes; the plateau controller (`plateau:`
 from __future__ import annotations
 
 import logging
-import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
-from gsv_accel.config import CheckpointConfig, RunConfig, ValidationConfig, check_training_loop, to_dict
+from gsv_accel.config import (
+    CheckpointConfig,
+    RunConfig,
+    ValidationConfig,
+    check_training_loop,
+    require_path,
+    to_dict,
+)
 from gsv_accel.data.dataset import S2Collate, load_prepared
 from gsv_accel.data.sampler import DEFAULT_BOUNDARIES, LengthBucketBatchSampler
 from gsv_accel.deepspeed_support import is_deepspeed
+from gsv_accel.distributed import sum_over_processes
 from gsv_accel.formats import (
     export_sovits,
     load_weights_into,
     sovits_export_info,
     sovits_export_name,
 )
+from gsv_accel.lifecycle import exit_process
 from gsv_accel.losses import (
     discriminator_lsgan_loss,
     feature_matching_loss,
@@ -57,9 +63,10 @@ from gsv_accel.models.sovits.commons import slice_segments
 from gsv_accel.models.sovits.config import SoVITSConfig
 from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
 from gsv_accel.plateau import PlateauConfig
+from gsv_accel.recipe import StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
-from gsv_accel.tracking import TrackingConfig, log_media
-from gsv_accel.training import exit_process
+from gsv_accel.stepper import make_stepper
+from gsv_accel.tracking import TrackingConfig
 
 logger = logging.getLogger("recipes.s2")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -192,33 +199,33 @@ class S2Recipe:
         # Models before optimizers: the optimizer's param groups refer to the (frozen or not) params.
         self._setup_models()
         self._setup_optimizers()
-        # One prepare per model keeps the G/D pairing explicit (and is what DeepSpeed will need).
+        # One prepare per model keeps the G/D pairing explicit (and is what DeepSpeed needs).
         self.net_g, self.optim_g = acc.prepare(self.net_g, self.optim_g)
+        extra_states = {}
         if self.deepspeed:
             # One DeepSpeed engine per Accelerator: D gets its own, saved in checkpoints' discriminator/.
             self.acc_d, self.net_d, self.optim_d = ds.prepare_on_own_engine(acc, "discriminator", self.net_d,
                                                                             self.optim_d)
-            session.extra_states = {"discriminator": self.acc_d}
+            extra_states["discriminator"] = self.acc_d
             # G's adversarial pass calls D's module, not its engine: the engine's forward hooks would
             # run D's gradient epilogue inside G's backward (IndexError in ZeRO-2's reduce_ipg_grads).
             self.d_for_g = self.acc_d.unwrap_model(self.net_d)
             self.deepspeed_autocast = ds.autocast_dtype(self.net_g)
         else:
-            self.acc_d = acc
             self.net_d, self.optim_d = acc.prepare(self.net_d, self.optim_d)
             self.d_for_g = self.net_d
+        self.stepper = make_stepper(acc, self.cfg.train.grad_clip)
         # The per-epoch schedulers are NOT passed to prepare (Accelerate would step them once per
-        # process); the session registers them for checkpointing with its own state.
-        session.sampler = self.sampler
-        session.schedulers = [self.sched_g, self.sched_d]
-        session.validate, session.load_weights = self.validate, self.load_weights
-        session.export_weights, session.write_export = self.export_weights, self.write_export
-        session.restore([self.sched_g, self.sched_d])
-        session.warn_about_intervals(self.cfg.train.epochs)
+        # process); the session checkpoints them with its own state.
+        session.attach(self, models=[self.net_g, self.net_d], schedulers=[self.sched_g, self.sched_d],
+                       sampler=self.sampler, extra_states=extra_states, export_model=0,
+                       # ExponentialLR decays per epoch, as in the official trainer.
+                       schedule_per_step=False)
 
     def _setup_data(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         spectrogram = cfg.data.spectrogram()
+        require_path("data.dataset", cfg.data.dataset, "folder")
         prepared = load_prepared(cfg.data.dataset, model_config=cfg.model, spectrogram_config=spectrogram)
         self.train_set = prepared.view("train")
         self.val_set = prepared.view("validation")
@@ -245,10 +252,11 @@ class S2Recipe:
                                               periods=dc.periods, scale_channels=dc.scale_channels,
                                               period_channels=dc.period_channels)
         if not self.session.resuming:
-            for net, path, role in ((self.net_g, cfg.train.pretrained_s2G, "generator"),
-                                    (self.net_d, cfg.train.pretrained_s2D, "discriminator")):
+            for net, key, role in ((self.net_g, "train.pretrained_s2G", "generator"),
+                                   (self.net_d, "train.pretrained_s2D", "discriminator")):
+                path = getattr(cfg.train, key.split(".")[1])
                 if path:
-                    report = load_weights_into(net, path)
+                    report = load_weights_into(net, require_path(key, path))
                     logger.info("pretrained %s from %s: %s", role, path, report)
         if cfg.model.freeze_quantizer:
             # Frozen by requires_grad, so DDP never waits for gradients they will not get.
@@ -278,40 +286,22 @@ class S2Recipe:
             return torch.autocast(self.accelerator.device.type, dtype=self.deepspeed_autocast)
         return self.accelerator.autocast()
 
-    def _no_sync(self, model, skip_sync: bool):
-        """DDP's `no_sync` for a backward whose gradients need no all-reduce (not the last micro-batch,
-        or D frozen in G's pass). DeepSpeed engines decide that from the accumulation boundary instead
-        (their own `no_sync` refuses ZeRO-2 and forbids stepping)."""
-        if not skip_sync or self.deepspeed:
-            return nullcontext()
-        return self.accelerator.no_sync(model)
-
-    def _backward(self, model, loss: torch.Tensor, last: bool) -> bool:
-        """Backward of one micro-batch's share of the loss. Under DeepSpeed the engine steps at the
-        last micro-batch; returns whether it took and applied that step (always False otherwise)."""
-        if self.deepspeed:
-            from gsv_accel.deepspeed_support import backward
-
-            return backward(model, loss, boundary=last)
-        (self.acc_d if model is self.net_d else self.accelerator).backward(loss)
-        return False
-
     # ------------------------------------------------------------------------------------ train
     def train(self) -> int:
         """Run to the end (or an early stop / signal). Returns the process exit code."""
         tc = self.cfg.train
         return self.session.run(
-            self.loader, self.train_step, epochs=tc.epochs, grad_accum=tc.grad_accum,
-            max_steps=tc.max_steps, log_every=tc.log_every_n_steps, desc="s2",
+            self.loader, grad_accum=tc.grad_accum, log_every=tc.log_every_n_steps, desc="s2",
             postfix=lambda logs: {"mel": f"{logs['train/loss_mel']:.3f}",
-                                  "d": f"{logs['train/loss_disc']:.3f}"},
-            # ExponentialLR decays per epoch, as in the official trainer.
-            schedule_per_step=False)
+                                  "d": f"{logs['train/loss_disc']:.3f}"})
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[dict[str, float], bool]:
+    def reported_metrics(self) -> tuple[str, ...]:
+        return ("val/mel_loss",)
+
+    def train_step(self, micro_batches: list[dict]) -> StepResult:
         """One optimizer step of D then G over `grad_accum` micro-batches (the official order for
         one). Returns the losses to log and whether a non-finite value made it skip a step."""
-        acc, tc = self.accelerator, self.cfg.train
+        acc, tc, stepper = self.accelerator, self.cfg.train, self.stepper
         hop = self.cfg.data.hop_length
         n = len(micro_batches)
         self.optim_d.zero_grad(set_to_none=True)
@@ -322,29 +312,29 @@ class S2Recipe:
             last = index == n - 1
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
-            with self._no_sync(self.net_g, not last):
+            with stepper.no_sync(self.net_g, not last):
                 with self.autocast():
                     out = self.net_g(batch["ssl"], batch["spec"], batch["spec_lengths"], batch["text"],
                                      batch["text_lengths"])
             real = slice_segments(batch["wav"], out.slice_starts * hop, tc.segment_size)
 
             # Discriminator: real vs detached generated audio.
-            with self._no_sync(self.net_d, not last):
+            with stepper.no_sync(self.net_d, not last):
                 with self.autocast():
                     real_scores, fake_scores, _, _ = self.net_d(real, out.wav.detach())
                 loss_disc = discriminator_lsgan_loss(real_scores, fake_scores)
-                applied_d = self._backward(self.net_d, loss_disc / n, last)
+                stepper.backward(self.net_d, loss_disc / n, last)
             bad_d = bad_d or not bool(torch.isfinite(loss_disc))
             if last:
                 # D steps as soon as its gradients are complete, before G's adversarial pass, as in
                 # the official trainer; the shared fp16 scaler is updated only after G's step.
-                grad_norm_d, skipped_d = self._step(self.optim_d, self.net_d, update_scaler=False,
-                                                    bad_loss=bad_d, applied=applied_d)
+                grad_norm_d, skipped_d = stepper.step(self.optim_d, self.net_d, bad_loss=bad_d,
+                                                      update_scaler=False)
 
             # Generator: D's parameters are frozen and its DDP sync skipped for this pass, so G's
             # backward neither computes nor all-reduces gradients that D would then throw away.
             self.net_d.requires_grad_(False)
-            with self._no_sync(self.net_d, True), self._no_sync(self.net_g, not last):
+            with stepper.no_sync(self.net_d, True), stepper.no_sync(self.net_g, not last):
                 with self.autocast():
                     _, fake_scores, real_maps, fake_maps = self.d_for_g(real, out.wav)
                 mel_real = slice_segments(self.features.linear_to_mel(batch["spec"].float()),
@@ -356,15 +346,14 @@ class S2Recipe:
                 loss_fm = feature_matching_loss(real_maps, fake_maps)
                 loss_adv = generator_lsgan_loss(fake_scores)
                 loss_gen = loss_adv + loss_fm + loss_mel + out.commit_loss.float() + loss_kl
-                applied_g = self._backward(self.net_g, loss_gen / n, last)
+                stepper.backward(self.net_g, loss_gen / n, last)
             self.net_d.requires_grad_(True)
             bad_g = bad_g or not bool(torch.isfinite(loss_gen))
             for key, value in (("loss_disc", loss_disc), ("loss_gen", loss_gen), ("loss_adv", loss_adv),
                                ("loss_fm", loss_fm), ("loss_mel", loss_mel), ("loss_kl", loss_kl),
                                ("loss_commit", out.commit_loss)):
                 totals[f"train/{key}"] = totals.get(f"train/{key}", 0.0) + float(value.detach()) / n
-        grad_norm_g, skipped_g = self._step(self.optim_g, self.net_g, update_scaler=True, bad_loss=bad_g,
-                                            applied=applied_g)
+        grad_norm_g, skipped_g = stepper.step(self.optim_g, self.net_g, bad_loss=bad_g, update_scaler=True)
         if skipped_d or skipped_g:
             logger.warning("step %d: non-finite loss or gradient, optimizer step skipped (%s)",
                            self.session.progress.step + 1, ", ".join(
@@ -373,56 +362,14 @@ class S2Recipe:
         totals.update({"train/grad_norm_g": grad_norm_g, "train/grad_norm_d": grad_norm_d,
                        "train/lr_g": self.optim_g.param_groups[0]["lr"],
                        "train/lr_d": self.optim_d.param_groups[0]["lr"]})
-        return totals, skipped_d or skipped_g
-
-    def _step(self, optimizer, model, update_scaler: bool, bad_loss: bool,
-              applied: bool) -> tuple[float, bool]:
-        """Unscale (fp16), measure and optionally clip the gradient norm, then step, unless the loss
-        (or, without a loss scaler, the gradient norm) is non-finite on any process. Returns
-        (gradient norm, skipped).
-
-        With fp16 both optimizers share Accelerate's one GradScaler: D is stepped through the scaler
-        without `update()`, G through Accelerate's optimizer wrapper, which steps and updates, so the
-        scale is updated exactly once per iteration. Infinite gradients under fp16 are the scaler's to
-        handle (it skips the step and lowers the scale), so only a non-finite loss counts there.
-
-        Under DeepSpeed the engine has already clipped and stepped in the last backward (`applied`
-        tells whether it applied the step: it skips one whose gradient norm is not finite).
-        """
-        acc = self.accelerator
-        if self.deepspeed:
-            from gsv_accel.deepspeed_support import global_grad_norm
-
-            return global_grad_norm(model), not applied
-        scaler = acc.scaler
-        if scaler is not None:
-            scaler.unscale_(optimizer.optimizer)
-        params = [p for p in model.parameters() if p.grad is not None]
-        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        bad = bad_loss or (scaler is None and not math.isfinite(grad_norm))
-        # Every process must take the same decision, or DDP's next all-reduce would pair mismatched
-        # steps: one flag all-reduce (only when there are several processes).
-        if acc.num_processes > 1:
-            flag = torch.tensor([1.0 if bad else 0.0], device=acc.device)
-            bad = bool(acc.reduce(flag, reduction="sum").item() > 0)
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
-            if update_scaler and scaler is not None:
-                scaler.update()  # keep "one update per iteration" even when G's step is skipped
-            return grad_norm, True
-        if update_scaler or scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer.optimizer)
-        return grad_norm, False
+        return StepResult(totals, skipped_d or skipped_g)
 
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self) -> ValidationResult:
         """`val/mel_loss` over the validation split, generated through the inference path with noise
-        scale 0, averaged over all processes (each takes every W-th utterance). Runs on a forked RNG
-        so it never changes the training run's random stream."""
+        scale 0, averaged over all processes (each takes every W-th utterance), and a few generated
+        utterances for the trackers."""
         acc = self.accelerator
         generator = acc.unwrap_model(self.net_g)
         generator.eval()
@@ -430,50 +377,27 @@ class S2Recipe:
         indices = list(range(min(limit, len(self.val_set))))[acc.process_index::acc.num_processes]
         total = torch.zeros(2, device=acc.device)
         samples = []
-        devices = [acc.device] if acc.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            for index in indices:
-                batch = self.val_collate([self.val_set[index]])
-                ssl, spec, text, wav = (batch[k].to(acc.device) for k in ("ssl", "spec", "text", "wav"))
-                frames = int(batch["spec_lengths"][0])
-                with self.autocast():
-                    codes = generator.extract_latent(ssl[:, :, :frames])
-                    fake = generator.decode(codes.transpose(0, 1), text, spec[:, :, :frames], noise_scale=0.0)
-                mel_real = self.features.mel(wav[:, 0, : int(batch["wav_lengths"][0])].float())
-                mel_fake = self.features.mel(fake[:, 0].float())
-                length = min(mel_real.size(-1), mel_fake.size(-1))
-                total[0] += torch.nn.functional.l1_loss(mel_fake[..., :length], mel_real[..., :length])
-                total[1] += 1
-                if acc.is_main_process and len(samples) < self.cfg.tracking.num_samples:
-                    samples.append({"name": batch["names"][0], "audio": fake[0, 0].float().cpu().numpy(),
-                                    "mel": mel_fake[0].cpu().numpy()})
+        for index in indices:
+            batch = self.val_collate([self.val_set[index]])
+            ssl, spec, text, wav = (batch[k].to(acc.device) for k in ("ssl", "spec", "text", "wav"))
+            frames = int(batch["spec_lengths"][0])
+            with self.autocast():
+                codes = generator.extract_latent(ssl[:, :, :frames])
+                fake = generator.decode(codes.transpose(0, 1), text, spec[:, :, :frames], noise_scale=0.0)
+            mel_real = self.features.mel(wav[:, 0, : int(batch["wav_lengths"][0])].float())
+            mel_fake = self.features.mel(fake[:, 0].float())
+            length = min(mel_real.size(-1), mel_fake.size(-1))
+            total[0] += torch.nn.functional.l1_loss(mel_fake[..., :length], mel_real[..., :length])
+            total[1] += 1
+            if acc.is_main_process and len(samples) < self.cfg.tracking.num_samples:
+                samples.append({"name": batch["names"][0], "audio": fake[0, 0].float().cpu().numpy(),
+                                "mel": mel_fake[0].cpu().numpy()})
         generator.train()
-        total = acc.reduce(total, reduction="sum") if acc.num_processes > 1 else total
-        log_media(acc, self.session.progress.step, samples, self.cfg.data.sampling_rate)
-        return float(total[0] / total[1].clamp(min=1))
+        total = sum_over_processes(acc, total)
+        return ValidationResult({"val/mel_loss": float(total[0] / total[1].clamp(min=1))}, samples,
+                                self.cfg.data.sampling_rate)
 
-    # --------------------------------------------------------------------------------- weights
-    def load_weights(self, checkpoint: Path) -> None:
-        """Generator and discriminator weights from a checkpoint folder (best-weight restore)."""
-        if self.deepspeed:
-            from gsv_accel.deepspeed_support import consolidated_state_dict, load_into_engine
-
-            for model, folder in ((self.net_g, checkpoint), (self.net_d, checkpoint / "discriminator")):
-                load_into_engine(self.accelerator, model, consolidated_state_dict(folder))
-            return
-        for model, file in ((self.net_g, "model.safetensors"), (self.net_d, "model_1.safetensors")):
-            self.accelerator.unwrap_model(model).load_state_dict(load_file(str(checkpoint / file)))
-
-    def export_weights(self, checkpoint: Path | None) -> dict[str, torch.Tensor]:
-        """The generator's weights: current (`checkpoint` None) or a checkpoint folder's."""
-        if checkpoint is None:
-            return self.accelerator.unwrap_model(self.net_g).state_dict()
-        if self.deepspeed:
-            from gsv_accel.deepspeed_support import consolidated_state_dict
-
-            return consolidated_state_dict(checkpoint)
-        return load_file(str(checkpoint / "model.safetensors"))
-
+    # --------------------------------------------------------------------------------- exports
     def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:
         """GPT-SoVITS inference weights `exports/<name>_e<E>_s<S>.pth`."""
         path = self.session.run_dir / "exports" / sovits_export_name(name, epoch, step)

@@ -85,12 +85,41 @@ def test_save_writes_manifest_last_with_hashes_and_restores_exactly(tmp_path, ac
 def test_keeps_last_k_and_best_separately(tmp_path, accel_parts):
     accelerator, model, optimizer, _ = accel_parts
     manager = CheckpointManager(tmp_path, keep_last=2, keep_best=1)
+    # The session flags a save as best when the plateau controller says it improved (10, then 20).
     losses = {10: 0.9, 20: 0.3, 30: 0.6, 40: 0.7, 50: 0.8}
     for step, loss in losses.items():
         _train_step(model, optimizer)
-        manager.save(accelerator, step=step, epoch=step // 10, metrics={"val/mel_loss": loss})
+        manager.save(accelerator, step=step, epoch=step // 10, metrics={"val/mel_loss": loss},
+                     best=step in (10, 20))
     assert [c.step for c in manager.complete()] == [50, 40, 20]
     assert manager.best().step == 20
+
+
+def test_protected_step_survives_pruning_and_a_lower_unflagged_metric_is_not_best(tmp_path, accel_parts):
+    """"Best" is the controller's decision (min_delta included), not the lowest number in a manifest:
+    step 30's 0.29 did not beat 0.3 by min_delta, so it is not flagged, and the protected best step 20
+    is kept even with keep_best=0."""
+    accelerator, model, optimizer, _ = accel_parts
+    manager = CheckpointManager(tmp_path, keep_last=1, keep_best=0)
+    for step, loss in {10: 0.9, 20: 0.3, 30: 0.29, 40: 0.5}.items():
+        _train_step(model, optimizer)
+        manager.save(accelerator, step=step, epoch=1, metrics={"val/mel_loss": loss}, best=step in (10, 20),
+                     protect=(20,))
+    assert [c.step for c in manager.complete()] == [40, 20]
+    assert manager.best().step == 20
+
+
+def test_corrupt_checkpoint_of_the_same_step_is_kept_aside_not_deleted(tmp_path, accel_parts):
+    accelerator, model, optimizer, _ = accel_parts
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    _train_step(model, optimizer)
+    folder = manager.save(accelerator, step=5, epoch=0)
+    damaged = next(p for p in folder.iterdir() if p.name.endswith(".safetensors"))
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)  # same size, wrong content
+    manager.save(accelerator, step=5, epoch=0)
+    kept = [p for p in tmp_path.joinpath("checkpoints").iterdir() if p.name.startswith("corrupt-step_00000005")]
+    assert len(kept) == 1 and (kept[0] / damaged.name).read_bytes() == b"\0" * damaged.stat().st_size
+    assert manager.latest_valid().step == 5
     assert not any(p.name.startswith(".") for p in manager.root.iterdir())
 
 

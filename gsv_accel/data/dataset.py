@@ -77,6 +77,10 @@ class DatasetCompatibilityError(ValueError):
     """A prepared dataset was made with settings that disagree with the training config."""
 
 
+class NotADatasetError(DatasetCompatibilityError, FileNotFoundError):
+    """The folder is not a prepared dataset (no metadata file): a user error, not a crash."""
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -84,7 +88,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """The `gsv_meta.json` of a prepared dataset folder."""
     meta_path = Path(path) / META_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(
+        raise NotADatasetError(
             f"{path} is not a prepared gsv_accel dataset: {META_FILE} is missing "
             "(make one with `gsv-accel prepare` or `gsv-accel import-gsv`)")
     with open(meta_path, encoding="utf-8") as f:

@@ -48,7 +48,7 @@ class S2Run:
     def __init__(self, run_dir: Path, dataset: Path, *overrides: str) -> None:
         self.run_dir = run_dir
         self.overrides = [f"run.output_dir={run_dir}", f"data.dataset={dataset}", "tracking.wandb=false",
-                          "tracking.tensorboard=false", *overrides]
+                          "tracking.tensorboard=false", "run.cpu_threads=1", *overrides]
 
     def command(self, *extra: str, processes: int = 1) -> list[str]:
         if processes == 1:

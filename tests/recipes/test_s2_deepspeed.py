@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsv_accel.training import EXIT_CODE_NONFINITE, EXIT_CODE_USER_ERROR
+from gsv_accel.lifecycle import EXIT_CODE_NONFINITE, EXIT_CODE_USER_ERROR
 
 from .conftest import (
     NAN_STEP,

@@ -37,7 +37,7 @@ from gsv_accel.checkpoint import (
     CheckpointManager,
     verify_checkpoint,
 )
-from gsv_accel.training import (
+from gsv_accel.lifecycle import (
     EXIT_CODE_CHECKPOINT_WRITE,
     EXIT_CODE_NONFINITE,
     EXIT_CODE_SIGINT,

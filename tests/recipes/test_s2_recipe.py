@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from gsv_accel.checkpoint import verify_checkpoint
-from gsv_accel.training import EXIT_CODE_SIGTERM
+from gsv_accel.lifecycle import EXIT_CODE_SIGTERM
 
 from .conftest import S2Run, assert_same_weights, load_sovits_export_the_official_way, run_in_two_legs
 

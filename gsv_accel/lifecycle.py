@@ -1,7 +1,7 @@
-"""Pieces of the training loop shared by the recipes: progress state, resume, RNG, stop signals.
+"""The life cycle of a run around its training loop: progress counters, where to resume from and
+what changed since, seeding and thread count, stop signals, exit codes and the process exit.
 
-None of this is a trainer: the recipes own their loops and call these helpers where the comments in
-the recipes say why.
+`gsv_accel.session.TrainingSession` calls these; they are separate so each can be tested alone.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint import CheckpointError, CheckpointInfo, CheckpointManager, verify_checkpoint
 from .config import ConfigError, changed_keys
+from .distributed import agree
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class TrainingProgress:
     best_step: int | None = None
     run_id: str = ""
     nonfinite_steps: int = 0
+    # Why the run ended ("max_steps", "epochs", "early_stop"), set before the final save: a
+    # re-launched finished run does nothing. Empty while it can go on.
+    finished: str = ""
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,10 +93,7 @@ class StopRequest:
     def requested(self, accelerator) -> bool:
         """True on every process as soon as any process got a signal (one tiny all-reduce), so all
         of them stop at the same step and none waits forever in a collective."""
-        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        return agree(accelerator, self.signum is not None)
 
     @property
     def exit_code(self) -> int:
@@ -125,6 +126,16 @@ def resolve_resume(resume: str | None, manager: CheckpointManager) -> Checkpoint
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
     return verify_checkpoint(path, hashes=True)
+
+
+def set_cpu_threads(requested: int | None, local_processes: int) -> int:
+    """Intra-op CPU threads of this process: `requested`, or all cores of the machine shared by the
+    processes running on it (`accelerate launch` without a config sets OMP_NUM_THREADS=1, which
+    would train on one core). Returns the number set. Exact resume on a CPU needs the same number:
+    reductions are split by thread, so another count changes results in the last bits."""
+    threads = requested or max(1, (os.cpu_count() or 1) // max(1, local_processes))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def seed_everything(seed: int) -> None:
@@ -180,15 +191,39 @@ def check_resume_config(checkpoint: CheckpointInfo, current: dict[str, Any],
     if refused:
         raise ConfigError(
             f"cannot resume from {checkpoint.path}: model settings differ from the checkpoint's: "
-            + ", ".join(f"{key} (saved {_lookup(saved, key)!r}, now {_lookup(current, key)!r})"
+            + ", ".join(f"{key} (saved {lookup(saved, key)!r}, now {lookup(current, key)!r})"
                         for key in refused)
             + ". Restore them, or start a new run folder.")
-    for key in changed:
-        logger.info("resume: %s changed from %r to %r", key, _lookup(saved, key), _lookup(current, key))
     return changed
 
 
-def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+def describe_environment_changes(checkpoint: CheckpointInfo, now: dict[str, Any]) -> list[str]:
+    """One sentence per way this process differs from the one that saved `checkpoint`: number of
+    processes, device type, precision, CPU threads, run folder, library versions. `now` has the
+    manifest's keys (`world_size`, and `extra`/`versions` entries)."""
+    saved = checkpoint.manifest
+    extra = saved.get("extra", {})
+    lines = []
+    if saved.get("world_size") is not None and saved["world_size"] != now["world_size"]:
+        lines.append(f"number of processes {saved['world_size']} -> {now['world_size']}: the data order is "
+                     "kept (positions are in global batches) but a step averages other batches, so the "
+                     "run is not bitwise equal to an uninterrupted one")
+    for key, what, effect in (
+            ("device_type", "device type", "results differ in the last bits"),
+            ("mixed_precision", "mixed precision", "numerics change from here on"),
+            ("cpu_threads", "CPU threads", "results differ in the last bits (exact resume on a CPU needs "
+                                           "the same run.cpu_threads)"),
+            ("run_dir", "run folder", "the run was moved; paths inside it are relative")):
+        if key in extra and extra[key] != now["extra"].get(key):
+            lines.append(f"{what} {extra[key]} -> {now['extra'].get(key)}: {effect}")
+    for name, version in (saved.get("versions") or {}).items():
+        current = now["versions"].get(name)
+        if current != version:
+            lines.append(f"{name} {version} -> {current}")
+    return lines
+
+
+def lookup(tree: dict[str, Any], dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:

@@ -27,7 +27,6 @@ import argparse
 import ast
 import os
 import pickle
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -40,30 +39,10 @@ import torch
 from .. import __version__
 from ..audio import SpectrogramConfig
 from .dataset import spectrogram_frames
-from .prepare import (
-    PIPELINE_VERSION,
-    SAMPLING_RATE,
-    SAVED_COLUMNS,
-    PrepareError,
-    PrepareResult,
-    Reject,
-    _hash,
-    _tree_stamp,
-    build_meta,
-    check_replaceable,
-    check_waveform,
-    kept_indices,
-    new_temp_dir,
-    recover_interrupted,
-    rejects_of,
-    replace_dir,
-    report,
-    reuse_existing,
-    save_dataset,
-    split_fingerprint,
-    stage_features,
-    symbol_table_info,
-)
+from .features import PIPELINE_VERSION, SAMPLING_RATE, SAVED_COLUMNS, check_waveform, stage_features
+from .fingerprint import stable_hash, symbol_table_info, tree_stamp
+from .listfile import PrepareError, Reject, kept_indices, rejects_of
+from .writer import DatasetWriter, PrepareResult, build_meta
 
 # Official semantic files start with this header line.
 SEMANTIC_HEADER = "item_name"
@@ -294,21 +273,20 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
         if path is not None and not path.is_file():
             raise PrepareError(f"{flag} {path}: not found")
 
-    recover_interrupted(out_dir)
-    check_replaceable(out_dir)
+    writer = DatasetWriter(out_dir, val_fraction=val_fraction, val_list=val_path, seed=seed,
+                           command="import-gsv")
     entries, rejects = parse_name2text(text_files, version)
     total = len(entries) + len(rejects)
     semantic_files = _part_files(exp_dir, "6-name2semantic.tsv", "6-name2semantic-*.tsv")
-    features_fp = _hash({
+    features_fp = stable_hash({
         "pipeline": PIPELINE_VERSION, "gsv_accel": __version__, "import": True,
         "symbols": symbol_table_info(version),
-        "spectrogram": spec_cfg.__dict__, "exp": _tree_stamp(exp_dir), "list": _tree_stamp(list_file),
+        "spectrogram": spec_cfg.__dict__, "exp": tree_stamp(exp_dir), "list": tree_stamp(list_file),
         "exp_path": str(exp_dir.resolve()), "hubert_name": hubert_name,
     })
-    split_fp = split_fingerprint(val_fraction, val_path, seed)
+    split_fp = writer.split_fingerprint()
     if not force:
-        reused = reuse_existing(out_dir, total, features_fp, split_fp, val_fraction, val_path, seed,
-                                "import-gsv")
+        reused = writer.reuse(total, features_fp)
         if reused is not None:
             return reused
     if not entries:
@@ -320,8 +298,7 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
         entry["speaker"], entry["lang"] = speakers.get(entry["name"], (exp_dir.name, default_lang))
         entry["path"] = f"5-wav32k/{entry['name']}"
 
-    tmp = new_temp_dir(out_dir)
-    try:
+    def build(work: Path) -> tuple[Any, dict[str, Any], list[Reject]]:
         extra = {"ssl_dim": hfd.Value("int32"), "bert_dim": hfd.Value("int32"),
                  "reject_code": hfd.Value("string"), "reject_reason": hfd.Value("string")}
         stages = ("ssl", "bert") + (("semantic",) if semantic is not None else ())
@@ -333,11 +310,12 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
         ds = ds.map(official_row_features,
                     fn_kwargs={"exp_dir": str(exp_dir), "spec": spec_cfg.__dict__, "semantic": semantic},
                     num_proc=min(num_proc, len(entries)) if num_proc > 1 else None, features=schema,
-                    writer_batch_size=64, cache_file_name=str(tmp / "work.arrow"), load_from_cache_file=False,
+                    writer_batch_size=64, cache_file_name=str(work / "import.arrow"),
+                    load_from_cache_file=False,
                     new_fingerprint=f"{features_fp[:16]}-import", desc="import")
-        ds, ssl_dim = _reject_odd_dims(ds, "ssl_dim", "HuBERT feature", tmp / "work-ssl.arrow")
-        ds, bert_dim = _reject_odd_dims(ds, "bert_dim", "BERT feature", tmp / "work-bert.arrow")
-        rejects += rejects_of(ds, path_column="name")
+        ds, ssl_dim = _reject_odd_dims(ds, "ssl_dim", "HuBERT feature", work / "ssl-widths.arrow")
+        ds, bert_dim = _reject_odd_dims(ds, "bert_dim", "BERT feature", work / "bert-widths.arrow")
+        rejects.extend(rejects_of(ds, path_column="name"))
         good = kept_indices(ds)
         if len(good) < 2:
             raise PrepareError(f"{exp_dir}: only {len(good)} usable utterance(s) of {total}; at least 2 are "
@@ -352,15 +330,9 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
             bert=None if not bert_dim else {"model": "unknown (imported)", "hidden_size": bert_dim,
                                             "dtype": "float16", "languages": ["zh"]},
             fingerprint={"features": features_fp, "split": split_fp})
-        counts = save_dataset(tmp, ds, meta, rejects, val_fraction, val_path, seed)
-        del ds
-        for work in tmp.glob("work*.arrow"):
-            work.unlink()
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    report(out_dir, total, counts, rejects, command="import-gsv")
-    return PrepareResult(out_dir, counts, sorted(rejects, key=lambda r: r.line))
+        return ds, meta, rejects
+
+    return writer.write(total, build)
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@
 * `stage_features` / `SAVED_COLUMNS`: the `datasets.Features` after each stage and the saved columns.
 
 The official preparation constants live here too. The model stages (HuBERT, S2, BERT, speaker
-verification) are in `model_stages.py`.
+verification) are in `model_stages.py`; the speaker-verification stage reads the stored `wav` column
+(`sv_input`), which is exactly the `5-wav32k` audio the official `2-get-sv.py` reads.
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ def hubert_input(audio: np.ndarray, peak: float) -> np.ndarray:
     return out[:target]
 
 
+def sv_input(wav: np.ndarray) -> np.ndarray:
+    """The speaker-verification input of the official `2-get-sv.py`: the int16 `5-wav32k` mix (`wav`)
+    as `torchaudio.load` returns it, int16 / 32768 in float32 (exact)."""
+    return np.asarray(wav, np.float32) / np.float32(WAV_INT16_SCALE)
+
+
 def check_waveform(audio: np.ndarray, line: int, where: str) -> tuple[str, str, float]:
     """(reject code, reason, peak) for a 32 kHz waveform; code "" when usable."""
     if audio.size == 0:
@@ -155,6 +162,7 @@ def stage_features(*stages: str) -> Any:
         "ssl": {"ssl": f16s, "ssl_frames": hfd.Value("int32")},
         "semantic": {"semantic": int16s},
         "bert": {"bert": f16s},
+        "sv": {"sv_emb": hfd.List(hfd.Value("float32"))},
     }
     merged: dict[str, Any] = {}
     for stage in stages:
@@ -166,4 +174,5 @@ def stage_features(*stages: str) -> Any:
 
 # Columns of a saved dataset, in order (the optional ones only when computed).
 SAVED_COLUMNS = ("name", "speaker", "lang", "text", "phones", "phone_ids", "word2ph", "path", "line",
-                 "duration", "num_samples", "spec_frames", "wav", "ssl_frames", "ssl", "semantic", "bert")
+                 "duration", "num_samples", "spec_frames", "wav", "ssl_frames", "ssl", "semantic", "bert",
+                 "sv_emb")

@@ -40,6 +40,7 @@ REJECT_CODES = {
     "bert": "BERT features do not fit the phones",
     "semantic": "semantic codes missing or inconsistent",
     "ssl": "HuBERT features missing or inconsistent",
+    "sv": "speaker-verification embedding missing or inconsistent",
 }
 
 

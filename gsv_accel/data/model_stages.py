@@ -4,7 +4,10 @@
   (the first layer's GroupNorm is computed over each item's valid frames; see `prepare.py`);
 * `load_s2_model` / `semantic_codes`: `extract_latent` of an official or gsv_accel S2 weight file;
 * `ModelStage`: HuBERT (+ semantic codes) for a batch of rows, a batched `datasets.map` callable;
-* `BertStage`: BERT phone features of zh rows, a `datasets.map` callable.
+* `BertStage`: BERT phone features of zh rows, a `datasets.map` callable;
+* `load_sv_model` / `SVStage`: the speaker-verification embedding (ERes2NetV2 `forward3`, as the
+  official `2-get-sv.py` computes it for v2Pro/v2ProPlus) of a batch of rows, from the stored int16
+  32 kHz mix, a batched `datasets.map` callable.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .features import SSL_SAMPLING_RATE
+from .features import SSL_SAMPLING_RATE, sv_input
 from .listfile import PrepareError
 
 BERT_LAYER = -3
@@ -209,3 +212,50 @@ class BertStage:
             parts.append(hidden.repeat_interleave(repeats, dim=0).transpose(0, 1).float().cpu())
         out["bert"] = torch.cat(parts, dim=1).to(torch.float16).reshape(-1).numpy()  # (H, n_phones)
         return out
+
+
+# --------------------------------------------------------------------------- speaker verification
+
+
+def load_sv_model(path: Path, device: torch.device) -> Any:
+    """The ERes2NetV2 speaker encoder of `--sv` (`gsv_accel.models.sv.SpeakerEncoder`), in eval mode."""
+    from ..models.sv import SpeakerEncoder
+
+    try:
+        return SpeakerEncoder.from_pretrained(path, device=device)
+    except (ValueError, OSError) as err:  # SpeakerCheckpointError is a ValueError
+        raise PrepareError(f"cannot load the speaker-verification model {path} (--sv: an ERes2NetV2 "
+                           f"checkpoint such as pretrained_eres2netv2w24s4ep4.ckpt): {err}") from err
+
+
+class SVStage:
+    """Speaker-verification embeddings (`sv_emb`, float32, `embedding_dim` values) for a batch of rows
+    (a batched `datasets.map` callable over `wav`, `line`, `reject_code`, `reject_reason`).
+
+    The input is the stored `wav` column, the official int16 loudness mix at 32 kHz, as int16 / 32768:
+    the `5-wav32k` file that `2-get-sv.py` reads with `torchaudio.load`. Rows rejected by an earlier
+    stage keep their reason and get an empty embedding; a non-finite embedding rejects the row ("sv").
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.embedding_dim = int(encoder.embedding_dim)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        codes = [str(c) for c in batch["reject_code"]]
+        out: dict[str, list[Any]] = {"sv_emb": [np.zeros(0, np.float32)] * len(codes), "reject_code": codes,
+                                     "reject_reason": [str(r) for r in batch["reject_reason"]]}
+        todo = [i for i, code in enumerate(codes) if not code]
+        if not todo:
+            return out
+        waves = [torch.from_numpy(sv_input(batch["wav"][i])) for i in todo]
+        embeddings = self.encoder.embed_32k(waves).float().cpu().numpy()
+        for i, emb in zip(todo, embeddings, strict=True):
+            if np.isfinite(emb).all():
+                out["sv_emb"][i] = np.ascontiguousarray(emb, np.float32)
+            else:
+                out["reject_code"][i] = "sv"
+                out["reject_reason"][i] = (f"line {batch['line'][i]}: the speaker-verification embedding "
+                                           "contains NaN/inf")
+        return out
+

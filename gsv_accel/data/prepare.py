@@ -17,6 +17,10 @@ becomes one row with the features the official preparation scripts compute
   50 Hz;
 * with `s2_pretrained`: the 25 Hz semantic codes `extract_latent(ssl)` of the S2 model, computed from
   the stored (fp16) features so that they can be reproduced from the dataset alone;
+* with `sv_model` (`--sv`, an ERes2NetV2 checkpoint such as `pretrained_eres2netv2w24s4ep4.ckpt`): the
+  speaker-verification embedding v2Pro/v2ProPlus models need (`sv_emb`, float32, 20480 values for the
+  released model), as the official `2-get-sv.py` computes it from the `5-wav32k` file: the stored int16
+  mix / 32768, resampled to 16 kHz, 80-bin Kaldi fbank, ERes2NetV2 `forward3`;
 * with `bert_dir`: BERT features (hidden size x n_phones) for lines with Chinese: for each Chinese
   run the third-to-last hidden layer, [CLS]/[SEP] dropped, each character's vector repeated word2ph
   times; zeros for English runs (as official v2 inference does for mixed lines). Rows without
@@ -40,14 +44,18 @@ folders that an earlier, interrupted one left beside the output.
 
 Caching: the metadata stores a fingerprint of everything the features depend on (the list's bytes,
 size and modification time of every audio file, size/mtime of the model files, the settings and the
-pipeline version) and, separately, of the split settings. A re-run with the same fingerprints does
+pipeline version; the `--sv` model's only when it is given, so that datasets made without it keep
+their fingerprint) and, separately, of the split settings. A re-run with the same fingerprints does
 nothing; if only the split settings changed, the stored rows are re-split without recomputing
 features. This was chosen over `datasets`' fingerprint cache, which keys on the map function and the
 input table: the table holds file *paths*, so an audio file edited in place would silently reuse
-stale features, and an in-memory input table is not cached at all.
+stale features, and an in-memory input table is not cached at all. Any change of the features
+fingerprint recomputes every feature: adding `--sv` to an existing dataset recomputes HuBERT (and the
+other model stages) too, not only the new column.
 
 Module layout: `listfile.py` (the `.list` parser, rejects and `rejected.tsv`), `features.py` (text and
-audio stages, official constants, column schema), `model_stages.py` (HuBERT, S2 semantic codes, BERT),
+audio stages, official constants, column schema), `model_stages.py` (HuBERT, S2 semantic codes, BERT,
+speaker verification),
 `fingerprint.py` (reuse fingerprints), `writer.py` (`DatasetWriter`: atomic output, reuse, split, save)
 and this module (the `prepare` job and its command line). The names of those modules that callers
 used to import from here are re-exported.
@@ -85,6 +93,7 @@ from .features import (
     loudness_mix,
     official_int16,
     stage_features,
+    sv_input,
     text_features,
 )
 from .fingerprint import file_stamp, split_fingerprint, stable_hash, symbol_table_info, tree_stamp
@@ -104,9 +113,11 @@ from .model_stages import (
     BERT_LAYER,
     BertStage,
     ModelStage,
+    SVStage,
     hubert_features,
     load_hubert,
     load_s2_model,
+    load_sv_model,
     semantic_codes,
 )
 from .writer import (
@@ -132,6 +143,7 @@ __all__ = [
     "prepare", "read_rejected", "read_val_list", "recover_interrupted", "rejects_of", "replace_dir",
     "report", "run_prepare", "save_dataset", "semantic_codes", "split_fingerprint", "split_names",
     "stable_hash", "stage_features", "symbol_table_info", "text_features", "tree_stamp", "write_rejected",
+    "SVStage", "load_sv_model", "sv_input",
 ]
 
 
@@ -143,30 +155,34 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
             val_fraction: float = 0.1, val_list: str | Path | None = None, num_proc: int = 1,
             device: str = "cpu", batch_size: int = 8, seed: int = 1234, version: str = "v2",
             english_in_zh: str = "phonemize", spectrogram_config: SpectrogramConfig | None = None,
-            force: bool = False) -> PrepareResult:
+            force: bool = False, sv_model: str | Path | None = None) -> PrepareResult:
     """Prepare a `.list` corpus into `out_dir` (see the module docstring). Returns counts and rejects."""
     import datasets as hfd
 
     list_path, out_dir, hubert_dir = Path(list_path), Path(out_dir), Path(hubert_dir)
     s2_path = Path(s2_pretrained) if s2_pretrained else None
     bert_path = Path(bert_dir) if bert_dir else None
+    sv_path = Path(sv_model) if sv_model else None
     val_path = Path(val_list) if val_list else None
     spec_cfg = spectrogram_config or SpectrogramConfig()
     check_arguments(spec_cfg, val_fraction, val_path, batch_size, num_proc, device,
                     {"--list": list_path, "--hubert": hubert_dir, "--s2-pretrained": s2_path,
-                     "--bert": bert_path})
+                     "--bert": bert_path, "--sv": sv_path})
 
     writer = DatasetWriter(out_dir, val_fraction=val_fraction, val_list=val_path, seed=seed)
     entries, rejects = parse_list(list_path)
     total = len(entries) + len(rejects)
-    features_fp = stable_hash({
+    inputs = {
         "pipeline": PIPELINE_VERSION, "gsv_accel": __version__, "symbols": symbol_table_info(version),
         "english_in_zh": english_in_zh, "spectrogram": spec_cfg.__dict__,
         "list": hashlib.sha256(list_path.read_bytes()).hexdigest(),
         "list_dir": str(list_path.parent.resolve()),
         "audio": [[e["file"], file_stamp(Path(e["file"]))] for e in entries],
         "hubert": tree_stamp(hubert_dir), "s2": tree_stamp(s2_path), "bert": tree_stamp(bert_path),
-    })
+    }
+    if sv_path is not None:  # only then: datasets made without --sv keep their fingerprint
+        inputs["sv"] = tree_stamp(sv_path)
+    features_fp = stable_hash(inputs)
     split_fp = writer.split_fingerprint()
     if not force:
         reused = writer.reuse(total, features_fp)
@@ -180,6 +196,7 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
     ssl_dim = int(hubert.config.hidden_size)
     s2 = load_s2_model(s2_path, ssl_dim, torch.device(device)) if s2_path else None
     bert = BertStage(bert_path, torch.device(device)) if bert_path else None
+    sv = SVStage(load_sv_model(sv_path, torch.device(device))) if sv_path else None
 
     def build(work: Path) -> tuple[Any, dict[str, Any], list[Reject]]:
         def options(stage: str, *stages: str) -> dict[str, Any]:
@@ -208,6 +225,12 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
             ModelStage(hubert, s2), batched=True, batch_size=batch_size, remove_columns=["hubert_in"],
             writer_batch_size=64, **options("HuBERT" + (" + semantic codes" if s2 else ""), *model_stages)
         ).with_format(None)
+        if sv is not None:
+            model_stages += ("sv",)
+            ds = ds.with_format("numpy", columns=["wav", "line", "reject_code", "reject_reason"]).map(
+                sv, batched=True, batch_size=batch_size, writer_batch_size=64,
+                **options("speaker verification", *model_stages)
+            ).with_format(None)
         if bert is not None:
             ds = ds.map(bert, writer_batch_size=64, **options("BERT", *model_stages, "bert"))
         rejects.extend(rejects_of(ds))
@@ -223,6 +246,9 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
                                               "s2_model": s2_path.name},
             bert=None if bert is None else {"model": bert_path.name, "hidden_size": bert.hidden_size,
                                             "layer": BERT_LAYER, "dtype": "float16", "languages": ["zh"]},
+            sv=None if sv is None else {"model": sv_path.name, "model_stamp": file_stamp(sv_path),
+                                        "embedding_dim": sv.embedding_dim, "dtype": "float32",
+                                        "input": "wav (int16 / 32768, 32 kHz)"},
             fingerprint={"features": features_fp, "split": split_fp})
         return ds, meta, rejects
 
@@ -258,14 +284,17 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="S2 weights: also compute the 25 Hz semantic codes")
     parser.add_argument("--bert", type=Path,
                         help="local BERT folder (chinese-roberta-wwm-ext-large): zh BERT features")
+    parser.add_argument("--sv", type=Path,
+                        help="ERes2NetV2 speaker-verification checkpoint (pretrained_eres2netv2w24s4ep4"
+                             ".ckpt): also compute the sv_emb vectors v2Pro/v2ProPlus need")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
     split.add_argument("--val-list", type=Path, help="file naming the validation utterances (one per line)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the validation split")
     parser.add_argument("--num-proc", type=int, default=1, help="processes for text and audio (default 1)")
     parser.add_argument("--device", default="cpu",
-                        help="device for HuBERT/S2/BERT: cpu or cuda (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=8, help="HuBERT batch size (default 8)")
+                        help="device for HuBERT/S2/BERT/SV: cpu or cuda (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=8, help="HuBERT and SV batch size (default 8)")
     parser.add_argument("--version", default="v2", choices=["v1", "v2"], help="symbol table (default v2)")
     parser.add_argument("--english-in-zh", default="phonemize", choices=["phonemize", "drop", "error"],
                         help="Latin words in zh lines: phonemize them as English (default, as official v2 "
@@ -279,7 +308,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         prepare(args.list, args.out, args.hubert, s2_pretrained=args.s2_pretrained, bert_dir=args.bert,
                 val_fraction=args.val_fraction, val_list=args.val_list, num_proc=args.num_proc,
                 device=args.device, batch_size=args.batch_size, seed=args.seed, version=args.version,
-                english_in_zh=args.english_in_zh, force=args.force)
+                english_in_zh=args.english_in_zh, force=args.force, sv_model=args.sv)
     except PrepareError as err:
         print(f"gsv-accel prepare: error: {err}", file=sys.stderr)
         return 1

@@ -235,7 +235,7 @@ def save_dataset(tmp: Path, dataset: Any, meta: dict[str, Any], rejects: Sequenc
 
 def build_meta(*, source: dict[str, Any], spec_cfg: SpectrogramConfig, version: str, ssl: dict[str, Any],
                semantic: dict[str, Any] | None, bert: dict[str, Any] | None,
-               fingerprint: dict[str, str]) -> dict[str, Any]:
+               fingerprint: dict[str, str], sv: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created_by": f"gsv_accel {__version__}",
         "source": source,
@@ -249,6 +249,7 @@ def build_meta(*, source: dict[str, Any], spec_cfg: SpectrogramConfig, version: 
         "text": symbol_table_info(version),
         "semantic": semantic,
         "bert": bert,
+        "sv": sv,
         "features_version": {"pipeline": PIPELINE_VERSION},
         "fingerprint": fingerprint,
     }

@@ -16,6 +16,7 @@ from .features import kaldi_fbank, resample_32k_to_16k
 
 # The official constructor's argument names, as the reference fixtures store them, mapped to ours.
 _OFFICIAL_KWARG_NAMES = {"baseWidth": "base_width"}
+_OFFICIAL_ONLY_DEFAULTS = {"pooling_func": "TSTP", "two_emb_layer": False}
 _CONSTRUCTOR_KWARGS = ("m_channels", "base_width", "scale", "expansion", "feat_dim", "embedding_size",
                        "num_blocks")
 
@@ -33,6 +34,9 @@ class SpeakerEncoder(ERes2NetV2):
     utterance at a time; different lengths are never padded together here, because zero padding would
     change both the convolutions at the edges and the time average.
     """
+
+    #: At most this many equal-length utterances go through the network together (bounds memory).
+    max_batch: int = 16
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SpeakerEncoder:
@@ -91,9 +95,11 @@ class SpeakerEncoder(ERes2NetV2):
         for i, w in enumerate(waves):
             by_length.setdefault(w.shape[0], []).append(i)
         with _eval_no_grad(self):
-            for idx in by_length.values():
-                batch = torch.stack([waves[i] for i in idx]).to(device=self.device, dtype=torch.float32)
-                out[idx] = self.embed_fbank(kaldi_fbank(resample_32k_to_16k(batch)))
+            for same_length in by_length.values():
+                for start in range(0, len(same_length), self.max_batch):
+                    idx = same_length[start : start + self.max_batch]
+                    batch = torch.stack([waves[i] for i in idx]).to(device=self.device, dtype=torch.float32)
+                    out[idx] = self.embed_fbank(kaldi_fbank(resample_32k_to_16k(batch)))
         return out
 
 
@@ -109,11 +115,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
                 metadata = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
             if "constructor_kwargs" in metadata:
-                raw = json.loads(metadata["constructor_kwargs"])
-                kwargs = {_OFFICIAL_KWARG_NAMES.get(k, k): v for k, v in raw.items()}
-                unknown = sorted(set(kwargs) - set(_CONSTRUCTOR_KWARGS))
-                if unknown:
-                    raise SpeakerCheckpointError(f"{path}: unsupported constructor_kwargs {unknown}")
+                kwargs = _constructor_kwargs_from_metadata(path, json.loads(metadata["constructor_kwargs"]))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except SpeakerCheckpointError:
@@ -125,6 +127,21 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         raise SpeakerCheckpointError(f"{path}: expected a plain state dict (name -> tensor), got "
                                      f"{type(state).__name__}")
     return dict(state), kwargs
+
+
+def _constructor_kwargs_from_metadata(path: Path, raw: Mapping) -> dict:
+    """Our constructor's arguments from metadata in our names or the official ones (e.g. `baseWidth`)."""
+    kwargs = {}
+    for name, value in raw.items():
+        if name in _OFFICIAL_ONLY_DEFAULTS:  # official options we implement only at their defaults
+            if value != _OFFICIAL_ONLY_DEFAULTS[name]:
+                raise SpeakerCheckpointError(f"{path}: unsupported {name}={value!r}")
+            continue
+        name = _OFFICIAL_KWARG_NAMES.get(name, name)
+        if name not in _CONSTRUCTOR_KWARGS:
+            raise SpeakerCheckpointError(f"{path}: unknown constructor_kwargs entry {name!r}")
+        kwargs[name] = value
+    return kwargs
 
 
 def _check_keys(path: Path, expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],

@@ -15,6 +15,9 @@ Columns (one row per utterance):
     semantic (list<int16>)                                 25 Hz codes (only when an S2 model was given)
     bert (list<float16>)                                   BERT phone features, channel-major flat
                                                            (1024, n_phones); empty = all zeros (no zh run)
+    sv_emb (list<float32>)                                 speaker-verification embedding (20480 values
+                                                           for the released ERes2NetV2; only with `--sv`
+                                                           or an imported 7-sv_cn/), for v2Pro/v2ProPlus
 
 Storage choice, by measurement (`python benchmarks/bench_data.py --storage`: 200 synthetic utterances
 of 2-10 s, 768-wide features, 300 random reads, best of 5 passes, 2-core CPU, page cache warm):
@@ -30,6 +33,8 @@ read through the buffer, fp16 is the fastest and half the size on disk and in th
 is what limits large corpora); it is also what the official GPU preparation stores. The waveform is
 stored as the official int16 mix: exact (it is what the official `5-wav32k` files hold) and half of
 fp32. A whole item (ssl + wav + phones) reads in 0.054 ms here, 0.237 ms through `datasets`.
+`sv_emb` is stored the same way (a flat list read through the buffer), in float32 as the official
+`7-sv_cn` files hold it: one fixed-length vector per utterance, 80 kB for 20480 values.
 
 Spectrograms are computed on the fly, not cached. Reading a cached fp16 spectrogram costs 0.036 ms per
 item, computing it from the waveform 1.64 ms (same data, mean 6 s). Caching would save CPU, but it
@@ -73,12 +78,24 @@ WAV_SCALE = 32768.0
 SPLITS = ("train", "validation")
 
 
+# Model versions whose SoVITS takes a speaker-verification embedding per utterance (`sv_emb`).
+SV_VERSIONS = ("v2Pro", "v2ProPlus")
+# Official embedding length (ERes2NetV2 forward3 of the released checkpoint); `model.sv_dim`'s default.
+DEFAULT_SV_DIM = 20480
+
+
 class DatasetCompatibilityError(ValueError):
     """A prepared dataset was made with settings that disagree with the training config."""
 
 
 class NotADatasetError(DatasetCompatibilityError, FileNotFoundError):
     """The folder is not a prepared dataset (no metadata file): a user error, not a crash."""
+
+
+def symbols_version_of(model_version: str) -> str:
+    """The symbol table a model version uses: v1's, or v2's for every later version (v2Pro and
+    v2ProPlus included)."""
+    return "v2" if model_version in (*SV_VERSIONS, "v3", "v4") else model_version
 
 
 # --------------------------------------------------------------------------- metadata
@@ -147,7 +164,7 @@ def check_dataset_compatible(meta: dict[str, Any], model_config: Any = None,
     if model:
         text = meta["text"]
         version = model.get("version", "v2")
-        differ("model.version (symbol table)", text["symbols_version"], version)
+        differ("model.version (symbol table)", text["symbols_version"], symbols_version_of(version))
         differ("model.ssl_dim (HuBERT hidden size)", meta["ssl"]["hidden_size"], model.get("ssl_dim", 768))
         semantic = meta.get("semantic")
         if semantic is not None and "semantic_frame_rate" in model:
@@ -155,6 +172,17 @@ def check_dataset_compatible(meta: dict[str, Any], model_config: Any = None,
         if spectrogram_config is not None and "spec_channels" in model:
             differ("model.spec_channels (data.filter_length // 2 + 1)",
                    spectrogram_config.n_freq_bins, model["spec_channels"])
+        if version in SV_VERSIONS:
+            sv = meta.get("sv")
+            sv_dim = model.get("sv_dim", DEFAULT_SV_DIM)
+            if sv is None:
+                problems.append(
+                    f"model.version {version} needs a speaker-verification embedding (sv_emb) per utterance, "
+                    "but the dataset has none: prepare it with `gsv-accel prepare --sv <ERes2NetV2 "
+                    "checkpoint, e.g. pretrained_eres2netv2w24s4ep4.ckpt>`, or import an official folder "
+                    "that has 7-sv_cn/ (`gsv-accel import-gsv`)")
+            else:
+                differ("model.sv_dim (speaker-verification embedding size)", sv["embedding_dim"], sv_dim)
     if problems:
         source = meta.get("source", {}).get("path", "the dataset")
         raise DatasetCompatibilityError(
@@ -172,6 +200,7 @@ class PreparedDataset:
     meta: dict[str, Any]
 
     def view(self, split: str = "train", features: Sequence[str] = ("ssl", "wav", "phones")) -> GSVDataset:
+        """Torch view of a split (`features`: see `GSVDataset`)."""
         return GSVDataset(self.splits[split], self.meta, features=features)
 
 
@@ -245,26 +274,31 @@ class GSVDataset(torch.utils.data.Dataset):
     `features` picks what `__getitem__` returns besides `name` and `spec_frames`:
     `ssl` (D, T_ssl) float32, `wav` (1, T) float32 in [-1, 1), `phones` (n,) int64 phone ids,
     `semantic` (T_sem,) int64, `bert` (bert_dim, n) float32 (zeros for non-zh rows).
+    Items also carry `sv_emb` (D_sv,) float32 whenever the dataset has that column (v2Pro/v2ProPlus;
+    `S2Collate` stacks it); naming "sv_emb" in `features` makes the column required.
     """
 
     FEATURES = ("ssl", "wav", "phones", "semantic", "bert")
+    # Feature -> the `prepare` option that computes its column.
+    _OPTIONAL = {"semantic": "--s2-pretrained", "bert": "--bert", "sv_emb": "--sv"}
 
     def __init__(self, hf_dataset: Any, meta: dict[str, Any],
                  features: Sequence[str] = ("ssl", "wav", "phones")) -> None:
-        unknown = [f for f in features if f not in self.FEATURES]
+        unknown = [f for f in features if f not in (*self.FEATURES, "sv_emb")]
         if unknown:
-            raise ValueError(f"unknown feature(s) {unknown}; choose from {list(self.FEATURES)}")
-        for feature, column in (("semantic", "semantic"), ("bert", "bert")):
-            if feature in features and column not in hf_dataset.column_names:
+            raise ValueError(f"unknown feature(s) {unknown}; choose from {list(self.FEATURES)} (and sv_emb)")
+        for feature, flag in self._OPTIONAL.items():
+            if feature in features and feature not in hf_dataset.column_names:
                 raise DatasetCompatibilityError(
-                    f"feature {feature!r} was requested but the dataset has no {column!r} column "
-                    f"(prepare it with {'--s2-pretrained' if feature == 'semantic' else '--bert'})")
+                    f"feature {feature!r} was requested but the dataset has no {feature!r} column "
+                    f"(prepare it with {flag})")
         if getattr(hf_dataset, "_indices", None) is not None:
             # A selected/shuffled view: write its rows contiguously so rows map to the table 1:1.
             hf_dataset = hf_dataset.flatten_indices()
         self.hf_dataset = hf_dataset
         self.meta = meta
         self.features = tuple(features)
+        self.with_sv = "sv_emb" in hf_dataset.column_names
         self.ssl_dim = int(meta["ssl"]["hidden_size"])
         self.bert_dim = int((meta.get("bert") or {}).get("hidden_size", 1024))
         table = hf_dataset.data.table
@@ -307,6 +341,8 @@ class GSVDataset(torch.utils.data.Dataset):
                 item["bert"] = torch.zeros(self.bert_dim, len(phones))
             else:
                 item["bert"] = _float_tensor(bert).view(self.bert_dim, -1)
+        if self.with_sv:
+            item["sv_emb"] = _float_tensor(rows.list_cell("sv_emb", index))
         return item
 
 
@@ -345,7 +381,8 @@ class S2Collate:
 
     Returns a dict: `ssl` (B, D, T_ssl), `ssl_lengths`, `spec` (B, n_freq, T_spec) (None when
     `compute_spec=False`: compute it on the device with `batch_spectrogram`), `spec_lengths`,
-    `wav` (B, 1, T_wav), `wav_lengths`, `text` (B, T_text), `text_lengths`, `names`.
+    `wav` (B, 1, T_wav), `wav_lengths`, `text` (B, T_text), `text_lengths`, `names`, and `sv_emb`
+    (B, D_sv) float32 when the items carry it (v2Pro/v2ProPlus).
     Items are ordered by decreasing spectrogram length, as in the official collate.
     """
 
@@ -406,6 +443,13 @@ class S2Collate:
             text[row, : phones.numel()] = phones
             text_lengths[row] = phones.numel()
             names.append(item["name"])
-        return {"ssl": ssl, "ssl_lengths": ssl_lengths, "spec": spec, "spec_lengths": spec_lengths,
-                "wav": wav, "wav_lengths": wav_lengths, "text": text, "text_lengths": text_lengths,
-                "names": names}
+        out = {"ssl": ssl, "ssl_lengths": ssl_lengths, "spec": spec, "spec_lengths": spec_lengths,
+               "wav": wav, "wav_lengths": wav_lengths, "text": text, "text_lengths": text_lengths,
+               "names": names}
+        with_sv = ["sv_emb" in item for item in items]
+        if any(with_sv):
+            if not all(with_sv):
+                raise ValueError("some items carry sv_emb and others do not; mix no datasets with and "
+                                 "without speaker-verification embeddings in one batch")
+            out["sv_emb"] = torch.stack([items[i]["sv_emb"].to(torch.float32) for i in order])
+        return out

@@ -9,6 +9,8 @@ Reads what the official preparation scripts wrote into `logs/<exp>`:
     5-wav32k/<name>        the int16 loudness mix at 32 kHz
     6-name2semantic.tsv    name \\t space-separated 25 Hz codes, with an `item_name` header (optional;
                            or the parts 6-name2semantic-<i>.tsv)
+    7-sv_cn/<name>.pt      speaker-verification embedding (1, D), D = 20480, v2Pro/v2ProPlus (optional:
+                           read when the folder exists, into the `sv_emb` column as float32)
 
 into the layout of `gsv-accel prepare` (same columns, metadata, split, `rejected.tsv`, atomic output,
 fingerprint cache), with the same rejection rules where they apply. `.pt` files are read with
@@ -27,7 +29,6 @@ import argparse
 import ast
 import os
 import pickle
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -40,30 +41,10 @@ import torch
 from .. import __version__
 from ..audio import SpectrogramConfig
 from .dataset import spectrogram_frames
-from .prepare import (
-    PIPELINE_VERSION,
-    SAMPLING_RATE,
-    SAVED_COLUMNS,
-    PrepareError,
-    PrepareResult,
-    Reject,
-    _hash,
-    _tree_stamp,
-    build_meta,
-    check_replaceable,
-    check_waveform,
-    kept_indices,
-    new_temp_dir,
-    recover_interrupted,
-    rejects_of,
-    replace_dir,
-    report,
-    reuse_existing,
-    save_dataset,
-    split_fingerprint,
-    stage_features,
-    symbol_table_info,
-)
+from .features import PIPELINE_VERSION, SAMPLING_RATE, SAVED_COLUMNS, check_waveform, stage_features
+from .fingerprint import stable_hash, symbol_table_info, tree_stamp
+from .listfile import PrepareError, Reject, kept_indices, rejects_of
+from .writer import DatasetWriter, PrepareResult, build_meta
 
 # Official semantic files start with this header line.
 SEMANTIC_HEADER = "item_name"
@@ -172,8 +153,9 @@ def load_tensor(path: Path) -> torch.Tensor:
 
 
 def official_row_features(row: dict[str, Any], exp_dir: str, spec: dict[str, Any],
-                          semantic: dict[str, list[int]] | None) -> dict[str, Any]:
-    """Waveform, HuBERT and BERT features of one official utterance (a `datasets.map` function)."""
+                          semantic: dict[str, list[int]] | None, sv: bool = False) -> dict[str, Any]:
+    """Waveform, HuBERT, BERT (and with `sv`, speaker-verification) features of one official utterance
+    (a `datasets.map` function)."""
     folder = Path(exp_dir)
     line, name = row["line"], row["name"]
     out: dict[str, Any] = {"wav": np.zeros(0, np.int16), "num_samples": 0, "duration": 0.0, "spec_frames": 0,
@@ -182,6 +164,8 @@ def official_row_features(row: dict[str, Any], exp_dir: str, spec: dict[str, Any
                            "reject_reason": ""}
     if semantic is not None:
         out["semantic"] = np.zeros(0, np.int16)
+    if sv:
+        out.update(sv_emb=np.zeros(0, np.float32), sv_dim=0)
 
     def reject(code: str, reason: str) -> dict[str, Any]:
         out.update(reject_code=code, reject_reason=f"line {line} ({name}): {reason}")
@@ -242,6 +226,23 @@ def official_row_features(row: dict[str, Any], exp_dir: str, spec: dict[str, Any
         if min(codes) < 0 or max(codes) > np.iinfo(np.int16).max:
             return reject("semantic", f"semantic codes outside [0, {np.iinfo(np.int16).max}]")
         out["semantic"] = np.asarray(codes, np.int16)
+
+    if sv:
+        sv_path = folder / "7-sv_cn" / f"{name}.pt"
+        if not sv_path.is_file():
+            return reject("sv", f"{sv_path} not found")
+        try:
+            emb = load_tensor(sv_path)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+            return reject("unreadable", f"{sv_path} cannot be read safely: {err}")
+        if emb.dim() == 2 and emb.size(0) == 1:
+            emb = emb[0]
+        if emb.dim() != 1 or emb.numel() == 0:
+            return reject("sv", f"{sv_path} has shape {tuple(emb.shape)}, expected (1, D)")
+        emb = emb.to(torch.float32)
+        if not torch.isfinite(emb).all():
+            return reject("sv", f"{sv_path} holds NaN/inf")
+        out.update(sv_emb=emb.numpy(), sv_dim=emb.numel())
     out.update(wav=wav, num_samples=len(wav), duration=len(wav) / SAMPLING_RATE, spec_frames=frames,
                ssl=half.reshape(-1).numpy(), ssl_frames=ssl.size(1), ssl_dim=ssl.size(0))
     return out
@@ -260,7 +261,7 @@ def _reject_odd_dims(dataset: Any, column: str, what: str, cache_file: Path) -> 
     def mark(row: dict[str, Any]) -> dict[str, Any]:
         if row["reject_code"] or row[column] in (0, width):
             return {"reject_code": row["reject_code"], "reject_reason": row["reject_reason"]}
-        return {"reject_code": "ssl" if column == "ssl_dim" else "bert",
+        return {"reject_code": {"ssl_dim": "ssl", "bert_dim": "bert", "sv_dim": "sv"}[column],
                 "reject_reason": f"line {row['line']} ({row['name']}): {what} width {row[column]}, "
                                  f"the others have {width}"}
 
@@ -294,50 +295,57 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
         if path is not None and not path.is_file():
             raise PrepareError(f"{flag} {path}: not found")
 
-    recover_interrupted(out_dir)
-    check_replaceable(out_dir)
+    writer = DatasetWriter(out_dir, val_fraction=val_fraction, val_list=val_path, seed=seed,
+                           command="import-gsv")
     entries, rejects = parse_name2text(text_files, version)
     total = len(entries) + len(rejects)
     semantic_files = _part_files(exp_dir, "6-name2semantic.tsv", "6-name2semantic-*.tsv")
-    features_fp = _hash({
+    features_fp = stable_hash({
         "pipeline": PIPELINE_VERSION, "gsv_accel": __version__, "import": True,
         "symbols": symbol_table_info(version),
-        "spectrogram": spec_cfg.__dict__, "exp": _tree_stamp(exp_dir), "list": _tree_stamp(list_file),
+        "spectrogram": spec_cfg.__dict__, "exp": tree_stamp(exp_dir), "list": tree_stamp(list_file),
         "exp_path": str(exp_dir.resolve()), "hubert_name": hubert_name,
     })
-    split_fp = split_fingerprint(val_fraction, val_path, seed)
+    split_fp = writer.split_fingerprint()
     if not force:
-        reused = reuse_existing(out_dir, total, features_fp, split_fp, val_fraction, val_path, seed,
-                                "import-gsv")
+        reused = writer.reuse(total, features_fp)
         if reused is not None:
             return reused
     if not entries:
         raise PrepareError(f"{exp_dir}: no usable line in {', '.join(f.name for f in text_files)}")
     semantic = parse_semantic(semantic_files)
+    sv = (exp_dir / "7-sv_cn").is_dir()
     speakers = read_speakers(list_file) if list_file else {}
     for entry in entries:
         default_lang = "zh" if (exp_dir / "3-bert" / f"{entry['name']}.pt").is_file() else ""
         entry["speaker"], entry["lang"] = speakers.get(entry["name"], (exp_dir.name, default_lang))
         entry["path"] = f"5-wav32k/{entry['name']}"
 
-    tmp = new_temp_dir(out_dir)
-    try:
+    def build(work: Path) -> tuple[Any, dict[str, Any], list[Reject]]:
         extra = {"ssl_dim": hfd.Value("int32"), "bert_dim": hfd.Value("int32"),
                  "reject_code": hfd.Value("string"), "reject_reason": hfd.Value("string")}
-        stages = ("ssl", "bert") + (("semantic",) if semantic is not None else ())
+        if sv:
+            extra["sv_dim"] = hfd.Value("int32")
+        stages = ("ssl", "bert") + (("semantic",) if semantic is not None else ()) + (("sv",) if sv else ())
         schema = stage_features("entry", "text", "audio", *stages)
         schema = hfd.Features({k: v for k, v in schema.items() if k in SAVED_COLUMNS} | extra)
         names = ("line", "name", "speaker", "lang", "path", "text", "phones", "phone_ids", "word2ph")
         columns = {key: [e[key] for e in entries] for key in names}
         ds = hfd.Dataset.from_dict(columns, features=hfd.Features({k: schema[k] for k in columns}))
         ds = ds.map(official_row_features,
-                    fn_kwargs={"exp_dir": str(exp_dir), "spec": spec_cfg.__dict__, "semantic": semantic},
+                    fn_kwargs={"exp_dir": str(exp_dir), "spec": spec_cfg.__dict__, "semantic": semantic,
+                               "sv": sv},
                     num_proc=min(num_proc, len(entries)) if num_proc > 1 else None, features=schema,
-                    writer_batch_size=64, cache_file_name=str(tmp / "work.arrow"), load_from_cache_file=False,
+                    writer_batch_size=64, cache_file_name=str(work / "import.arrow"),
+                    load_from_cache_file=False,
                     new_fingerprint=f"{features_fp[:16]}-import", desc="import")
-        ds, ssl_dim = _reject_odd_dims(ds, "ssl_dim", "HuBERT feature", tmp / "work-ssl.arrow")
-        ds, bert_dim = _reject_odd_dims(ds, "bert_dim", "BERT feature", tmp / "work-bert.arrow")
-        rejects += rejects_of(ds, path_column="name")
+        ds, ssl_dim = _reject_odd_dims(ds, "ssl_dim", "HuBERT feature", work / "ssl-widths.arrow")
+        ds, bert_dim = _reject_odd_dims(ds, "bert_dim", "BERT feature", work / "bert-widths.arrow")
+        sv_dim = 0
+        if sv:
+            ds, sv_dim = _reject_odd_dims(ds, "sv_dim", "speaker-verification embedding",
+                                          work / "sv-widths.arrow")
+        rejects.extend(rejects_of(ds, path_column="name"))
         good = kept_indices(ds)
         if len(good) < 2:
             raise PrepareError(f"{exp_dir}: only {len(good)} usable utterance(s) of {total}; at least 2 are "
@@ -351,16 +359,12 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
                                                     "s2_model": "unknown (imported)"},
             bert=None if not bert_dim else {"model": "unknown (imported)", "hidden_size": bert_dim,
                                             "dtype": "float16", "languages": ["zh"]},
+            sv=None if not sv_dim else {"model": "unknown (imported)", "embedding_dim": sv_dim,
+                                        "dtype": "float32", "input": "7-sv_cn"},
             fingerprint={"features": features_fp, "split": split_fp})
-        counts = save_dataset(tmp, ds, meta, rejects, val_fraction, val_path, seed)
-        del ds
-        for work in tmp.glob("work*.arrow"):
-            work.unlink()
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    report(out_dir, total, counts, rejects, command="import-gsv")
-    return PrepareResult(out_dir, counts, sorted(rejects, key=lambda r: r.line))
+        return ds, meta, rejects
+
+    return writer.write(total, build)
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

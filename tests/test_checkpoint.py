@@ -117,7 +117,8 @@ def test_corrupt_checkpoint_of_the_same_step_is_kept_aside_not_deleted(tmp_path,
     damaged = next(p for p in folder.iterdir() if p.name.endswith(".safetensors"))
     damaged.write_bytes(b"\0" * damaged.stat().st_size)  # same size, wrong content
     manager.save(accelerator, step=5, epoch=0)
-    kept = [p for p in tmp_path.joinpath("checkpoints").iterdir() if p.name.startswith("corrupt-step_00000005")]
+    kept = [p for p in tmp_path.joinpath("checkpoints").iterdir()
+            if p.name.startswith("corrupt-step_00000005")]
     assert len(kept) == 1 and (kept[0] / damaged.name).read_bytes() == b"\0" * damaged.stat().st_size
     assert manager.latest_valid().step == 5
     assert not any(p.name.startswith(".") for p in manager.root.iterdir())

@@ -89,8 +89,8 @@ class FakeRecipe:
         loss = sum((self.model(b["x"]) - 1).pow(2).mean() for b in micro_batches)
         self.stepper.backward(self.model, loss, True)
         _, skipped = self.stepper.step(self.optimizer, self.model, bad_loss=not bool(torch.isfinite(loss)))
-        return StepResult({"train/loss": float(loss.detach()), "train/lr": self.optimizer.param_groups[0]["lr"]},
-                          skipped)
+        lr = self.optimizer.param_groups[0]["lr"]
+        return StepResult({"train/loss": float(loss.detach()), "train/lr": lr}, skipped)
 
     def validate(self) -> ValidationResult:
         value = self.script.get(self.session.progress.step, 1.0)
@@ -142,7 +142,7 @@ def test_unknown_monitor_is_refused_before_training_naming_the_reported_metrics(
 
 
 def test_max_mode_monitor_stops_on_the_second_metric_and_exports_its_best(tmp_path):
-    # val/acc = 1 - val/loss: the best accuracy (0.8) is at step 8, then three evaluations without improvement.
+    # val/acc = 1 - val/loss: the best accuracy (0.8) is at step 8, then two evaluations without it.
     cfg = config(tmp_path, "plateau.monitor=val/acc", "plateau.mode=max", "plateau.patience=2",
                  "plateau.max_reductions=0", "validation.every_n_steps=4", "validation.every_n_epochs=null",
                  "train.epochs=10")

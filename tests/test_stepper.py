@@ -66,7 +66,7 @@ def test_step_clips_and_reports_the_norm_before_clipping():
     norm, skipped = stepper.step(optimizer, model, bad_loss=False)
     assert not skipped and math.isclose(norm, expected, rel_tol=1e-6)
     moved = torch.linalg.vector_norm(torch.cat([(p.detach() - b).flatten()
-                                                for p, b in zip(model.parameters(), before)]))
+                                                for p, b in zip(model.parameters(), before, strict=True)]))
     assert math.isclose(float(moved), 0.1 * 0.01, rel_tol=1e-4)  # lr x clipped norm
 
 
@@ -78,7 +78,7 @@ def test_a_nonfinite_step_on_another_process_is_skipped_here_too():
     before = [p.detach().clone() for p in model.parameters()]
     _, skipped = stepper.step(optimizer, model, bad_loss=False)
     assert skipped and accelerator.reductions == 1
-    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     assert all(p.grad is None for p in model.parameters())
 
 

@@ -37,6 +37,9 @@ EXIT_CODE_NONFINITE = 3
 EXIT_CODE_CHECKPOINT_WRITE = 74
 
 
+VALIDATION_HISTORY = 10_000
+
+
 @dataclass
 class TrainingProgress:
     """Loop counters saved in every checkpoint (registered with `accelerator.register_for_checkpointing`).
@@ -55,6 +58,9 @@ class TrainingProgress:
     # Why the run ended ("max_steps", "epochs", "early_stop"), set before the final save: a
     # re-launched finished run does nothing. Empty while it can go on.
     finished: str = ""
+    # Every validation so far, [step, {metric: value}] (the newest VALIDATION_HISTORY kept): a resumed
+    # run re-logs the rows a killed process may not have flushed to the trackers.
+    validations: list = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ do identically:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ from accelerate.utils import ProjectConfiguration
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from .atomic import write_json_atomic
 from .checkpoint import (
     CheckpointError,
     CheckpointInfo,
@@ -64,6 +66,7 @@ from .lifecycle import (
     EXIT_CODE_CHECKPOINT_WRITE,
     EXIT_CODE_NONFINITE,
     EXIT_CODE_USER_ERROR,
+    VALIDATION_HISTORY,
     StopRequest,
     TrainingProgress,
     check_resume_config,
@@ -240,10 +243,32 @@ class TrainingSession:
             for line in describe_environment_changes(self.resume_from, self._manifest_environment()):
                 logger.warning("resume: %s", line)
         start_trackers(acc, self.tracking_cfg, self.run_dir, to_dict(self.config), self.progress.run_id)
+        if self.resume_from is not None:
+            self._relog_unflushed_validations()
         ck = self.checkpoint_cfg
         if ck.every_n_epochs and ck.every_n_epochs > self.epochs and not ck.every_n_steps:
             logger.warning("checkpoint.every_n_epochs=%d is longer than the run (%d epochs): only the "
                            "final checkpoint will be written", ck.every_n_epochs, self.epochs)
+
+    def _relog_unflushed_validations(self) -> None:
+        """Log again the validation rows of the checkpoint's history that the trackers may have lost.
+
+        A killed process loses what its trackers still buffered (W&B offline writes its file in large
+        chunks: after SIGKILL it can be empty), and the resumed run starts after those validations. A
+        process that ended cleanly records up to which step its trackers were flushed
+        (`TRACKERS_FLUSHED`); rows after that step, up to the checkpoint, are logged once more."""
+        flushed = read_trackers_flushed(self.run_dir, self.progress.run_id)
+        rows = [(step, metrics) for step, metrics in self.progress.validations if step > flushed]
+        for step, metrics in rows:
+            self.accelerator.log(metrics, step=step)
+        if rows:
+            logger.info("re-logged %d validation row(s) (steps %s) that the previous process may not have "
+                        "flushed to the trackers", len(rows), ", ".join(str(step) for step, _ in rows))
+
+    def _trackers_ended(self) -> None:
+        """After `end_training`: everything logged so far is on disk (main process records it)."""
+        if self.accelerator.is_main_process and self.run_dir.is_dir():
+            write_trackers_flushed(self.run_dir, self.progress.run_id, self.progress.step)
 
     def _finished_text(self) -> str:
         """Why the checkpointed run needs no more training with the current limits ("" if it does)."""
@@ -408,6 +433,8 @@ class TrainingSession:
         logger.info("step %d epoch %d: %s = %.5f%s (%s)", progress.step, progress.epoch, monitor, metric,
                     f"; {others}" if others else "", decision.reason)
         self.last_metrics, self.last_metrics_step = dict(result.metrics), progress.step
+        progress.validations = [*progress.validations,
+                                [progress.step, dict(result.metrics)]][-VALIDATION_HISTORY:]
         if decision.is_best:
             progress.best_metric, progress.best_step = metric, progress.step
             if self.checkpoint_cfg.save_on_best:
@@ -595,6 +622,7 @@ class TrainingSession:
         logger.info("training stopped: %s at step %d, epoch %d", outcome.value, progress.step, progress.epoch)
         self.stop.restore()
         acc.end_training()
+        self._trackers_ended()
 
     def exit_code(self, outcome: RunOutcome) -> int:
         """The process exit code for how the run ended (see docs/reliability.md): 0 finished or early
@@ -612,6 +640,7 @@ class TrainingSession:
         self.stop.restore()
         try:
             self.accelerator.end_training()
+            self._trackers_ended()
         except (OSError, RuntimeError) as end_err:  # a tracker flushing to the same full disk
             logger.warning("ending the trackers failed too: %s", end_err)
         return EXIT_CODE_CHECKPOINT_WRITE
@@ -658,6 +687,23 @@ def apply_optimizer_settings(scheduler, wanted: dict[str, Any]) -> list[str]:
             lines.append(f"schedule: {key} {getattr(raw, key)!r} -> {value!r}")
             setattr(raw, key, value)
     return lines
+
+
+# Written in the run folder when a process ended its trackers cleanly: {"run_id", "step"}.
+TRACKERS_FLUSHED = "trackers_flushed.json"
+
+
+def read_trackers_flushed(run_dir: Path, run_id: str) -> int:
+    """The step up to which the trackers of `run_id` are known to hold every row (-1: none known)."""
+    try:
+        record = json.loads((run_dir / TRACKERS_FLUSHED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return -1
+    return int(record.get("step", -1)) if record.get("run_id") == run_id else -1
+
+
+def write_trackers_flushed(run_dir: Path, run_id: str, step: int) -> None:
+    write_json_atomic(run_dir / TRACKERS_FLUSHED, {"run_id": run_id, "step": step})
 
 
 def check_same_engine(checkpoint: Path, *, deepspeed: bool) -> None:

@@ -215,3 +215,12 @@ def test_bad_input_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "missing.yaml" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_what_changed_since_the_checkpoint_is_named_in_train_log(tmp_path):
+    train(config(tmp_path, "train.max_steps=2"))
+    train(config(tmp_path, "train.max_steps=3", "run.cpu_threads=2"), resume="auto")
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert "resume: CPU threads 1 -> 2" in log
+    assert "resume: train.max_steps changed from 2 to 3" in log
+    assert "resume: run.cpu_threads changed from 1 to 2" in log

@@ -140,6 +140,27 @@ def test_offline_wandb_record_holds_the_val_mel_loss_of_train_log(s2_run):
         assert wandb_value == pytest.approx(log_value, abs=5e-6)  # train.log prints 5 decimals
 
 
+def test_wandb_holds_every_validation_row_once_after_a_kill_between_validation_and_checkpoint(s2_run):
+    """SIGKILL loses what W&B had buffered (its offline file can stay empty); the resumed run starts
+    after that validation, from the previous checkpoint, so it logs those rows again itself."""
+    from ..wandb_offline import history
+
+    run = s2_run("wandb_kill", "train.epochs=1", "tracking.wandb=true", "validation.every_n_steps=2",
+                 "validation.every_n_epochs=null", "checkpoint.every_n_steps=3",
+                 "checkpoint.every_n_epochs=null", "checkpoint.save_on_best=false", "tracking.num_samples=0")
+    process = run.start()
+    run.wait_for_log("step 4 epoch", process)  # validated at 2 and 4, checkpoint at 3, none at 4 yet
+    run.kill(process)
+    run.run("--resume", "auto")
+    rows = [(row["_step"], row["val/mel_loss"])
+            for path in (run.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+            for row in history(path) if "val/mel_loss" in row]
+    in_log = dict(_val_losses(run.log))  # the resumed run's values win for steps validated twice
+    assert sorted(step for step, _ in rows) == sorted(in_log) == [2, 4, 6, 8, 10]
+    for step, value in rows:
+        assert value == pytest.approx(in_log[step], abs=5e-6)
+
+
 @pytest.mark.multiprocess
 def test_two_process_run_trains_validates_checkpoints_and_resumes_with_one(s2_run):
     # The 36 training utterances form 11 global batches of up to 4 per epoch (demo buckets). Two
@@ -157,6 +178,7 @@ def test_two_process_run_trains_validates_checkpoints_and_resumes_with_one(s2_ru
     run.run("--resume", "auto")
     assert run.log.count("1 process(es) on cpu") == 1
     assert "resume: train.max_steps changed from 7 to None" in run.log
+    assert "resume: number of processes 2 -> 1" in run.log
     final = verify_checkpoint(run.checkpoints()[-1])
     assert final.manifest["world_size"] == 1 and final.epoch == 3
     # Step 7 consumed 2 of epoch 2's global batches; one process finishes the other 9 of its 11,

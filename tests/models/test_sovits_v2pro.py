@@ -88,6 +88,8 @@ def test_recipe_config_is_the_official_architecture(stem):
 def test_pro_symbol_table_is_v2s():
     assert SoVITSConfig(version="v2Pro").n_symbols == SoVITSConfig(version="v2").n_symbols == 732
     assert SoVITSConfig(version="v2ProPlus").n_symbols == 732
+    assert [SoVITSConfig(version=v).symbols_version for v in ("v1", "v2", "v2Pro", "v2ProPlus")] == [
+        "v1", "v2", "v2", "v2"]
 
 
 # ----------------------------------------------------------------------------- official exports
@@ -261,3 +263,38 @@ def test_for_version_defaults_are_independent_copies():
     assert SoVITSConfig.for_version("v2Pro", gin_channels=64).gin_channels == 64
     with pytest.raises(ValueError, match="v3"):
         SoVITSConfig.for_version("v3")
+
+
+# ----------------------------------------------------------------------------- prepare --s2-pretrained
+
+
+@pytest.mark.parametrize("stem", list(VERSIONS))
+def test_prepare_s2_model_reads_pro_exports(reference_file, stem):
+    """`prepare --s2-pretrained` on an official 05/06 export: the semantic codes are the official ones."""
+    from gsv_accel.data import prepare as prep
+
+    io = load_file(str(reference_file(f"s2_small_{stem}_io.safetensors")))
+    model = prep.load_s2_model(reference_file(f"s2_small_{stem}_export.pth"), io["ssl"].size(1),
+                               torch.device("cpu"))
+    assert model.config.version == VERSIONS[stem][0]
+    codes = prep.semantic_codes(model, [io["ssl"][0]])
+    assert codes[0].tolist() == io["codes"][0, 0].tolist()
+
+
+def test_prepare_s2_model_reads_a_plain_pro_pretrained_file(tmp_path):
+    """`s2Gv2Pro.pth`-style files hold no config: the official v2Pro architecture (gin 1024) is built."""
+    from gsv_accel.data import prepare as prep
+
+    torch.manual_seed(0)
+    source = SynthesizerTrn(SoVITSConfig.for_version("v2Pro"))
+    for name, buffer in source.named_buffers():
+        if name.endswith("_codebook.inited"):
+            buffer.fill_(1.0)
+    path = tmp_path / "s2Gv2Pro.pth"
+    torch.save({"weight": {k: v.half() for k, v in source.state_dict().items()}}, path)
+    del source
+    model = prep.load_s2_model(path, 768, torch.device("cpu"))
+    assert model.config == SoVITSConfig.for_version("v2Pro")
+    ssl = torch.randn(768, 10)
+    expected = model.extract_latent(ssl[None])[0, 0]
+    assert prep.semantic_codes(model, [ssl])[0].tolist() == expected.tolist()

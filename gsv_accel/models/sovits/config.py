@@ -107,6 +107,11 @@ class SoVITSConfig:
         return self.version in PRO_VERSIONS
 
     @property
+    def symbols_version(self) -> str:
+        """The symbol table the phone ids index: "v1", or "v2" (which the Pro versions use too)."""
+        return "v1" if self.version == "v1" else "v2"
+
+    @property
     def n_symbols(self) -> int:
         return SYMBOLS_PER_VERSION[self.version]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,33 @@ def test_pro_training_forward_requires_sv_emb_and_trains_its_layers():
     for name in ("sv_emb.weight", "ge_to512.weight", "prelu.weight", "ref_enc.fc.fc.weight"):
         grad = model.get_parameter(name).grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_conditioning_uses_the_generators_current_layers():
+    model = _tiny_pro().eval()
+    config = model.config
+    refer = torch.rand(2, config.spec_channels, 10)
+    sv_emb = torch.randn(2, config.sv_dim)
+    with torch.no_grad():
+        before = model.speaker_embedding(refer, sv_emb=sv_emb)
+        # A copy is independent of the original; a replaced (e.g. wrapped) layer is the one used.
+        copy = deepcopy(model)
+        copy.prelu.weight.fill_(1.0)
+        assert torch.equal(model.speaker_embedding(refer, sv_emb=sv_emb), before)
+        model.prelu = torch.nn.Identity()
+        expected = model.reference_embedding(refer) + model.sv_emb(sv_emb).unsqueeze(-1)
+        assert torch.allclose(model.speaker_embedding(refer, sv_emb=sv_emb), expected)
+        assert torch.allclose(copy.speaker_embedding(refer, sv_emb=sv_emb), expected)
+
+
+def test_v2_discriminator_into_pro_discriminator_names_model_version(tmp_path):
+    widths = dict(scale_channels=(4, 8, 16, 16, 16, 16), period_channels=(4, 8, 16, 16, 16))
+    path = tmp_path / "s2D.pth"
+    torch.save({"weight": MultiPeriodDiscriminator(version="v2", **widths).state_dict()}, path)
+    pro = MultiPeriodDiscriminator(version="v2Pro", **widths)
+    report = load_weights_into(pro, path)
+    assert {k.split(".")[1] for k in report.missing} == {"6", "7"}
+    assert any("model.version" in note for note in report.notes)
 
 
 def test_v2_models_refuse_sv_emb():

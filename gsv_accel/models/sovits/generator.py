@@ -96,60 +96,74 @@ class TextEncoder(nn.Module):
         return y, m, logs, y_mask
 
 
-class ReferenceConditioning(nn.Module):
+class ReferenceConditioning:
     """Speaker conditioning of v1/v2 models: the reference encoder's embedding is used as it is.
 
-    `forward(ge_ref, sv_emb)` gives the gin-wide `ge` that the flow, the decoder and the posterior
-    encoder get; `text_condition(ge)` what the text encoder's MRTE gets (here the same tensor, so
-    MRTE's width must equal gin_channels). `takes_sv_emb` tells callers whether `sv_emb` is needed.
+    A conditioning component says how the generator turns the reference encoder's output `ge_ref`
+    (and, for Pro versions, a speaker-verification embedding) into its conditioning:
+    `combine(model, ge_ref, sv_emb)` gives the gin-wide `ge` that the flow, the decoder and the
+    posterior encoder get, `text_condition(model, ge)` what the text encoder's MRTE gets (here the
+    same tensor, so MRTE's width must equal gin_channels). `takes_sv_emb` tells whether `sv_emb` is
+    needed.
+
+    The components hold no weights: `add_layers` puts their layers on the generator under the
+    official top-level key names (`sv_emb.*`, `ge_to512.*`, `prelu.*`), and `combine` looks them up
+    there at each call, so replacing or wrapping one of those layers (LoRA, FSDP, ...) is seen.
     """
 
     takes_sv_emb = False
 
-    def __init__(self, version: str, gin_channels: int, text_channels: int) -> None:
-        super().__init__()
-        if gin_channels != text_channels:
+    def __init__(self, config: SoVITSConfig) -> None:
+        if config.gin_channels != config.mrte_hidden_channels:
             # MRTE adds the speaker embedding to its hidden state, so the widths must agree.
             raise ValueError(
-                f"gin_channels ({gin_channels}) must equal mrte_hidden_channels ({text_channels}) for "
-                f"{version} models (only v2Pro/v2ProPlus project the speaker embedding to MRTE's width)")
-        self.version = version
+                f"gin_channels ({config.gin_channels}) must equal mrte_hidden_channels "
+                f"({config.mrte_hidden_channels}) for {config.version} models (only v2Pro/v2ProPlus "
+                "project the speaker embedding to MRTE's width)")
+        self.version = config.version
 
-    def forward(self, ge_ref: torch.Tensor | None, sv_emb: torch.Tensor | None = None) -> torch.Tensor | None:
+    def add_layers(self, model: nn.Module) -> None:
+        """No layers of its own."""
+
+    def combine(self, model: nn.Module, ge_ref: torch.Tensor | None,
+                sv_emb: torch.Tensor | None = None) -> torch.Tensor | None:
         if sv_emb is not None:
             raise ValueError(
                 f"sv_emb was given, but {self.version} models take no speaker-verification embedding "
                 "(only v2Pro and v2ProPlus do); leave it out or set model.version")
         return ge_ref
 
-    def text_condition(self, ge: torch.Tensor | None) -> torch.Tensor | None:
+    def text_condition(self, model: nn.Module, ge: torch.Tensor | None) -> torch.Tensor | None:
         return ge
 
 
-class SVConditioning(nn.Module):
+class SVConditioning:
     """Speaker conditioning of v2Pro/v2ProPlus: the reference embedding plus a speaker-verification one.
 
     `sv_emb` is the ERes2NetV2 `forward3` embedding of the reference audio (B, sv_dim), which the
     official pipeline stores as `7-sv_cn/<wav>.pt` for training and computes from the reference at
-    inference. It is projected to gin, added to the reference encoder's output and passed through a
-    PReLU: that `ge` goes to the flow, decoder and posterior encoder. MRTE's width is fixed (512 in
-    the official code), independent of gin, so the text encoder gets `ge_to512(ge)`.
-    Layer names are the official keys (`sv_emb`, `prelu`, `ge_to512`); see `SynthesizerTrn.__init__`
-    for why they are registered on the generator itself.
+    inference. It is projected to gin (`sv_emb` layer), added to the reference encoder's output and
+    passed through a PReLU (`prelu`): that `ge` goes to the flow, decoder and posterior encoder.
+    MRTE's width is fixed (512 in the official code) whatever gin is, so the text encoder gets
+    `ge_to512(ge)`. See `ReferenceConditioning` for the component interface.
     """
 
     takes_sv_emb = True
 
-    def __init__(self, version: str, gin_channels: int, text_channels: int, sv_dim: int) -> None:
-        super().__init__()
-        self.version = version
-        self.sv_dim = sv_dim
-        # Built in the official order, which is the key order of the official state dicts.
-        self.sv_emb = nn.Linear(sv_dim, gin_channels)
-        self.ge_to512 = nn.Linear(gin_channels, text_channels)
-        self.prelu = nn.PReLU(num_parameters=gin_channels, init=0.25)
+    def __init__(self, config: SoVITSConfig) -> None:
+        self.version = config.version
+        self.sv_dim = config.sv_dim
+        self.gin_channels = config.gin_channels
+        self.text_channels = config.mrte_hidden_channels
 
-    def forward(self, ge_ref: torch.Tensor | None, sv_emb: torch.Tensor | None = None) -> torch.Tensor:
+    def add_layers(self, model: nn.Module) -> None:
+        # In the official order, which is the key order of the official state dicts.
+        model.sv_emb = nn.Linear(self.sv_dim, self.gin_channels)
+        model.ge_to512 = nn.Linear(self.gin_channels, self.text_channels)
+        model.prelu = nn.PReLU(num_parameters=self.gin_channels, init=0.25)
+
+    def combine(self, model: nn.Module, ge_ref: torch.Tensor | None,
+                sv_emb: torch.Tensor | None = None) -> torch.Tensor:
         if ge_ref is None:
             raise ValueError(f"{self.version} models need a reference spectrogram (refer) for the speaker "
                              "embedding; there is no unconditioned mode")
@@ -161,18 +175,16 @@ class SVConditioning(nn.Module):
             raise ValueError(
                 f"sv_emb must have shape (batch={ge_ref.size(0)}, sv_dim={self.sv_dim}), got "
                 f"{tuple(sv_emb.shape)} (model.sv_dim sets the width)")
-        projected = self.sv_emb(sv_emb.to(self.sv_emb.weight.dtype)).unsqueeze(-1)
-        return self.prelu(ge_ref + projected)
+        projected = model.sv_emb(sv_emb.to(ge_ref.dtype)).unsqueeze(-1)
+        return model.prelu(ge_ref + projected)
 
-    def text_condition(self, ge: torch.Tensor) -> torch.Tensor:
-        return self.ge_to512(ge.transpose(1, 2)).transpose(1, 2)
+    def text_condition(self, model: nn.Module, ge: torch.Tensor) -> torch.Tensor:
+        return model.ge_to512(ge.transpose(1, 2)).transpose(1, 2)
 
 
 def build_speaker_conditioning(config: SoVITSConfig) -> ReferenceConditioning | SVConditioning:
     """The speaker-conditioning component of `config.version`."""
-    if config.is_pro:
-        return SVConditioning(config.version, config.gin_channels, config.mrte_hidden_channels, config.sv_dim)
-    return ReferenceConditioning(config.version, config.gin_channels, config.mrte_hidden_channels)
+    return SVConditioning(config) if config.is_pro else ReferenceConditioning(config)
 
 
 class LatentStats(NamedTuple):
@@ -241,13 +253,10 @@ class SynthesizerTrn(nn.Module):
                                   stride=self.semantic_upsample)
         self.quantizer = ResidualVectorQuantizer(dimension=config.ssl_dim, n_q=1, bins=config.codebook_size)
 
-        # Official checkpoints keep the conditioning layers at the top level (`sv_emb.*`, `prelu.*`,
-        # `ge_to512.*`, after the modules above), so they are registered here under those names, and
-        # the component that uses them is a plain attribute outside the module tree: registering it
-        # too would add a second copy of every key. Both refer to the same layer objects.
-        for name, layer in conditioning.named_children():
-            self.add_module(name, layer)
-        object.__setattr__(self, "speaker_conditioning", conditioning)
+        # The conditioning's own layers (Pro: sv_emb, ge_to512, prelu) come last, as in the official
+        # state dicts.
+        self.speaker_conditioning = conditioning
+        conditioning.add_layers(self)
         self.train()  # puts a frozen quantizer in eval mode from the start
 
     # ------------------------------------------------------------------ helpers
@@ -271,12 +280,12 @@ class SynthesizerTrn(nn.Module):
         v1/v2: the reference embedding. v2Pro/v2ProPlus: prelu(reference embedding + sv_emb projected),
         with `sv_emb` (B, sv_dim) required. The text encoder gets `text_condition(ge)`.
         """
-        return self.speaker_conditioning(self.reference_embedding(spec, spec_mask), sv_emb)
+        return self.speaker_conditioning.combine(self, self.reference_embedding(spec, spec_mask), sv_emb)
 
     def text_condition(self, ge: torch.Tensor | None) -> torch.Tensor | None:
         """What the text encoder's MRTE gets for a conditioning `ge`: `ge` itself (v1/v2), or its
         projection to MRTE's width (v2Pro/v2ProPlus: `ge_to512`)."""
-        return self.speaker_conditioning.text_condition(ge)
+        return self.speaker_conditioning.text_condition(self, ge)
 
     def train(self, mode: bool = True) -> SynthesizerTrn:
         """As nn.Module.train, except that a frozen quantizer (and its SSL projection) stays in
@@ -362,7 +371,7 @@ class SynthesizerTrn(nn.Module):
         the same order (each reference's `ge` is computed with its own, then the `ge`s are averaged).
         """
         if refer is None:
-            ge = self.speaker_conditioning(None, sv_emb)
+            ge = self.speaker_conditioning.combine(self, None, sv_emb)
         elif isinstance(refer, (list, tuple)):
             if sv_emb is None:
                 per_reference: Sequence[torch.Tensor | None] = [None] * len(refer)

@@ -715,7 +715,7 @@ def test_official_pro_export_loads_for_training(reference_file, version):
     gsv = load_gsv_file(path)
     assert (gsv.header, gsv.version, gsv.supported, gsv.kind) == (header, version, True, "export")
     assert gsv.notes == []  # header, weights and config agree
-    assert (gsv.epoch, gsv.step) == (3, 30)
+    assert gsv.info == f"{gsv.epoch}epoch_{gsv.step}iteration"
     # The weights alone tell the flavour too.
     assert detect_version(gsv.state_dict)[0] == version
     config = _small_config(gsv)

@@ -32,20 +32,20 @@ def _max_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return (actual - expected).abs().max().item()
 
 
-def _small_config(reference_file, stem: str, stored: dict | None = None) -> SoVITSConfig:
-    """The fixture's model config (sizes from *_model_config.json), with the export's version and,
-    when given, the data/train sections of the stored config (for spec_channels and segment_size)."""
+def _small_config(reference_file, stem: str, gsv) -> SoVITSConfig:
+    """The fixture's model config (sizes from *_model_config.json) with the version, the data/train
+    sections of the config stored in the export (spec_channels, segment_size) and the width of the
+    speaker-verification embedding its weights take (the official code hard-codes it)."""
     with open(reference_file(f"s2_small_{stem}_model_config.json")) as f:
         model = json.load(f)
     model["version"] = VERSIONS[stem][0]
-    if stored is None:
-        return SoVITSConfig.from_dict(model)
-    return SoVITSConfig.from_dict(model, stored.get("data"), stored.get("train"))
+    model.setdefault("sv_dim", int(gsv.state_dict["sv_emb.weight"].shape[1]))
+    return SoVITSConfig.from_dict(model, gsv.config.get("data"), gsv.config.get("train"))
 
 
 def _loaded_small_model(reference_file, stem: str) -> tuple[SynthesizerTrn, object]:
     gsv = load_gsv_file(reference_file(f"s2_small_{stem}_export.pth"))
-    config = _small_config(reference_file, stem, gsv.config)
+    config = _small_config(reference_file, stem, gsv)
     model = SynthesizerTrn(config)
     report = load_weights_into(model, gsv)
     # Exports leave out the posterior encoder only.

@@ -43,7 +43,7 @@ def format_inspect(summary: dict[str, Any]) -> str:
     lines.append(f"model:       {summary['model']}")
     version = summary["version"] or "unknown"
     if not summary["supported"]:
-        version += " (not supported by gsv_accel yet: it trains v1 and v2 models)"
+        version += " (not supported by gsv_accel yet: it trains v1, v2, v2Pro and v2ProPlus models)"
     lines.append(f"version:     {version}")
     if summary["version_reason"]:
         lines.append(f"             ({summary['version_reason']})")

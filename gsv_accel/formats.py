@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from gsv_accel.models.sovits.config import SUPPORTED_VERSIONS, SYMBOLS_PER_VERSION, SoVITSConfig
+from gsv_accel.models.sovits.config import PRO_VERSIONS, SUPPORTED_VERSIONS, SYMBOLS_PER_VERSION, SoVITSConfig
 
 __all__ = [
     "GSVFormatError",
@@ -65,6 +65,9 @@ __all__ = [
     "export_gpt",
     "sovits_export_name",
     "gpt_export_name",
+    "sovits_weight_dir",
+    "gpt_weight_dir",
+    "official_pretrained",
     "sovits_export_info",
     "gpt_export_info",
     "save_atomic",
@@ -85,7 +88,7 @@ class UnsafeFileError(GSVFormatError):
 
 
 class UnsupportedModelError(GSVFormatError):
-    """A real GPT-SoVITS model of a variant gsv_accel does not train yet (v2Pro, v2ProPlus, v3, v4)."""
+    """A real GPT-SoVITS model of a variant gsv_accel does not train yet (v3, v4)."""
 
 
 class IncompatibleWeightsError(GSVFormatError):
@@ -131,7 +134,7 @@ HEADER_VERSIONS: dict[bytes, str] = {
 }
 VERSION_HEADERS: dict[str, bytes] = {"v3": b"03", "v4": b"04", "v2Pro": b"05", "v2ProPlus": b"06"}
 KNOWN_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4")
-UNSUPPORTED_VERSIONS = ("v2Pro", "v2ProPlus", "v3", "v4")
+UNSUPPORTED_VERSIONS = ("v3", "v4")
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # The official trainer names its "save latest only" checkpoints G_233333333333.pth.
@@ -139,7 +142,12 @@ _LATEST_SENTINEL_STEP = 233333333333
 # Rows of the GPT stage's phoneme embedding per symbol table (v2, v3, v4 and the Pro variants share
 # the v2 table).
 _GPT_PHONEME_ROWS = {512: "v1", 732: "v2"}
+# Weights only v2Pro/v2ProPlus generators have (their speaker-verification conditioning).
 _PRO_KEYS = ("sv_emb.weight", "ge_to512.weight", "prelu.weight")
+# v2ProPlus's config (s2v2ProPlus.json) widens the decoder (upsample_initial_channel 768 instead of
+# 512) and lengthens the first upsampling kernel (20 instead of 16); the code is v2Pro's.
+_PRO_PLUS_DECODER_WIDTH = 768
+_PRO_PLUS_FIRST_KERNEL = 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,7 +368,8 @@ class GSVFile:
 
     @property
     def supported(self) -> bool:
-        """Whether gsv_accel can train/fine-tune from this file (v1 and v2 models, or version unknown)."""
+        """Whether gsv_accel can train/fine-tune from this file (v1, v2, v2Pro and v2ProPlus models, or
+        version unknown)."""
         return self.version not in UNSUPPORTED_VERSIONS
 
     @property
@@ -396,7 +405,8 @@ def load_gsv_file(path: str | os.PathLike[str]) -> GSVFile:
     gsv.version, gsv.version_reason = version, reason
     gsv.notes.extend(notes)
     if gsv.version in UNSUPPORTED_VERSIONS:
-        gsv.notes.append(f"{gsv.version} models are not supported by gsv_accel yet (it trains v1 and v2)")
+        gsv.notes.append(f"{gsv.version} models are not supported by gsv_accel yet (it trains "
+                         f"{_trained_versions_text()})")
     return gsv
 
 
@@ -555,17 +565,45 @@ def _config_version(config: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def _has_pro_keys(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k in sd for k in _PRO_KEYS)
+
+
+def _first_upsample_kernel(sd: Mapping[str, torch.Tensor]) -> int | None:
+    for key in ("dec.ups.0.weight_v", "dec.ups.0.parametrizations.weight.original1", "dec.ups.0.weight"):
+        tensor = sd.get(key)
+        if tensor is not None and tensor.dim() == 3:
+            return int(tensor.shape[-1])
+    return None
+
+
+def _pro_version(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None) -> tuple[str, str]:
+    """v2Pro or v2ProPlus, for weights that have the Pro keys: the two differ only in the decoder's
+    config, so the decoder's shapes tell them apart (or, without decoder weights, the config)."""
+    keys = "speaker-verification keys (sv_emb.*, ge_to512.*, prelu.*)"
+    conv_pre = sd.get("dec.conv_pre.weight")
+    kernel = _first_upsample_kernel(sd)
+    if kernel == _PRO_PLUS_FIRST_KERNEL:
+        return "v2ProPlus", f"{keys} and a first decoder upsampling kernel of {kernel} (v2ProPlus)"
+    if conv_pre is not None and conv_pre.dim() == 3 and conv_pre.shape[0] == _PRO_PLUS_DECODER_WIDTH:
+        return "v2ProPlus", f"{keys} and a {_PRO_PLUS_DECODER_WIDTH}-channel decoder (v2ProPlus)"
+    if kernel is not None or conv_pre is not None:
+        return "v2Pro", f"{keys} and a v2Pro decoder"
+    config_version = _config_version(config)
+    if config_version in PRO_VERSIONS:
+        return config_version, f"{keys} and the config's model.version"
+    model_cfg = config.get("model") if isinstance(config, Mapping) else None
+    width = model_cfg.get("upsample_initial_channel") if isinstance(model_cfg, Mapping) else None
+    if width == _PRO_PLUS_DECODER_WIDTH:
+        return "v2ProPlus", f"{keys} and a {_PRO_PLUS_DECODER_WIDTH}-channel decoder in the config"
+    return "v2Pro", keys
+
+
 def _weights_version(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None,
                      info: str | None) -> tuple[str | None, str]:
     """Version told by the weights themselves (keys and shapes), with the reason."""
-    if "sv_emb.weight" in sd or any(k in sd for k in _PRO_KEYS):
-        conv_pre = sd.get("dec.conv_pre.weight")
-        model_cfg = (config or {}).get("model") if isinstance(config, Mapping) else None
-        uic = conv_pre.shape[0] if conv_pre is not None else (
-            model_cfg.get("upsample_initial_channel") if isinstance(model_cfg, Mapping) else None)
-        if uic == 768:
-            return "v2ProPlus", "speaker-verification keys (sv_emb.*) and a 768-channel decoder"
-        return "v2Pro", "speaker-verification keys (sv_emb.*)"
+    if _has_pro_keys(sd):
+        return _pro_version(sd, config)
     if any(k.startswith("cfm.") for k in sd):
         if info == "pretrained_s2G_v4" or _config_version(config) == "v4":
             return "v4", "flow-matching decoder keys (cfm.*) and a v4 marker"
@@ -598,7 +636,12 @@ def _weights_version(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any] |
 
 
 def _symbol_tables_text() -> str:
-    return ", ".join(f"{v}: {n}" for v, n in SYMBOLS_PER_VERSION.items())
+    # The Pro versions share v2's table.
+    return ", ".join(f"{v}: {n}" for v, n in SYMBOLS_PER_VERSION.items() if v not in PRO_VERSIONS)
+
+
+def _trained_versions_text() -> str:
+    return ", ".join(SUPPORTED_VERSIONS[:-1]) + " and " + SUPPORTED_VERSIONS[-1]
 
 
 def detect_version(state_dict: Mapping[str, torch.Tensor], *, header: bytes | None = None,
@@ -677,6 +720,9 @@ _FIELD_HINTS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [(re.compile(p), f
     (r"^ref_enc\.", ("ref_enc_hidden",)),
     (r"^ssl_proj\.", ("ssl_dim", "ssl_dim", "semantic_frame_rate")),
     (r"^quantizer\.", ("codebook_size", "ssl_dim")),
+    (r"^sv_emb\.", ("gin_channels", "sv_dim")),
+    (r"^ge_to512\.", ("mrte_hidden_channels", "gin_channels")),
+    (r"^prelu\.", ("gin_channels",)),
 ]]
 
 # Layer-list prefixes -> the field that sets how many entries they have.
@@ -690,6 +736,8 @@ _COUNT_HINTS: list[tuple[re.Pattern[str], str]] = [(re.compile(p), f) for p, f i
     (r"^flow\.flows\.(\d+)\.", "flow_layers"),
     (r"^enc_q\.enc\.(in_layers|res_skip_layers)\.(\d+)\.", "posterior_layers"),
     (r"^quantizer\.vq\.layers\.(\d+)\.", "n_layers_q"),
+    # The number of period discriminators depends on the version (v2Pro/v2ProPlus add two).
+    (r"^discriminators\.(\d+)\.", "version"),
 ]]
 
 
@@ -757,6 +805,9 @@ def _expected_sovits_shapes(config: SoVITSConfig) -> dict[str, tuple[int, ...]]:
         "enc_q.enc.cond_layer.weight_v": (2 * c.hidden_channels * c.posterior_layers, c.gin_channels, 1),
         "ref_enc.spectral.0.fc.weight": (c.ref_enc_hidden, c.spec_channels if c.version == "v1" else 704),
         "ref_enc.fc.fc.weight": (c.gin_channels, c.ref_enc_hidden),
+        "sv_emb.weight": (c.gin_channels, c.sv_dim),
+        "ge_to512.weight": (c.mrte_hidden_channels, c.gin_channels),
+        "prelu.weight": (c.gin_channels,),
         "ssl_proj.weight": (c.ssl_dim, c.ssl_dim, 2 if c.semantic_frame_rate == "25hz" else 1),
         "quantizer.vq.layers.0._codebook.embed": (c.codebook_size, c.ssl_dim),
     }
@@ -768,12 +819,12 @@ def _expected_sovits_shapes(config: SoVITSConfig) -> dict[str, tuple[int, ...]]:
 
 def _unsupported_message(name: str, version: str, reason: str) -> str:
     return (f"{name} is a {version} SoVITS model ({reason}); gsv_accel does not support {version} "
-            f"models yet: it trains v1 and v2 models. Start from a v1 or v2 model instead "
-            f"(for example the v2 pretrained s2G2333k.pth).")
+            f"models yet: it trains {_trained_versions_text()} models. Start from one of those instead "
+            f"(for example the v2 pretrained s2G2333k.pth or the v2Pro pretrained s2Gv2Pro.pth).")
 
 
 def require_supported(weights: GSVFile | Mapping[str, torch.Tensor], name: str = "the weights") -> None:
-    """Raise `UnsupportedModelError` for v2Pro / v2ProPlus / v3 / v4 files or state dicts."""
+    """Raise `UnsupportedModelError` for v3 / v4 files or state dicts."""
     if isinstance(weights, GSVFile):
         version, reason, name = weights.version, weights.version_reason, weights.path.name
         if version not in UNSUPPORTED_VERSIONS:
@@ -784,16 +835,58 @@ def require_supported(weights: GSVFile | Mapping[str, torch.Tensor], name: str =
         raise UnsupportedModelError(_unsupported_message(name, version, reason))
 
 
+def _pro_problem(sd: Mapping[str, torch.Tensor], config: SoVITSConfig, header: bytes | None,
+                 shape_problems: bool) -> str | None:
+    """Whether the file's Pro-ness (and Pro flavour) disagrees with `config.version`, as a message
+    naming the setting to change; None when they agree."""
+    file_is_pro = _has_pro_keys(sd)
+    if file_is_pro and not config.is_pro:
+        version, reason = _pro_version(sd, None)
+        header_version = HEADER_VERSIONS.get(header) if header else None
+        if header_version in PRO_VERSIONS:
+            version, reason = header_version, f"2-byte header {header.decode()!r}"
+        return (f"the file is a {version} model ({reason}); set model.version: {version} "
+                f"(the config says {config.version})")
+    if config.is_pro and not file_is_pro:
+        absent = ", ".join(k.split(".", 1)[0] + ".*" for k in _PRO_KEYS if k not in sd)
+        version, reason = _weights_version(sd, None, None)
+        said = f"a {version} model ({reason})" if version else "not a v2Pro/v2ProPlus model"
+        return (f"the file is {said}: it has no {absent} weights, which {config.version} models need "
+                f"(the config says {config.version}); set model.version: {version or 'v2'} to fine-tune "
+                f"it as it is, or start from a {config.version} model (e.g. the pretrained "
+                f"s2G{config.version}.pth)")
+    if file_is_pro and config.is_pro:
+        # v2Pro and v2ProPlus differ in the decoder's config only. The official exporter's header says
+        # which one a file is; otherwise the decoder shapes do, which matters when they disagree.
+        header_version = HEADER_VERSIONS.get(header) if header else None
+        if header_version in PRO_VERSIONS:
+            version, reason = header_version, f"2-byte header {header.decode()!r}"
+        else:
+            version, reason = _pro_version(sd, None)
+            if not shape_problems:
+                return None
+        if version != config.version:
+            widths = " and that version's decoder widths" if shape_problems else ""
+            return (f"the file is a {version} model ({reason}); set model.version: {version}{widths} "
+                    f"(the config says {config.version})")
+    return None
+
+
 def compatibility_problems(weights: GSVFile | Mapping[str, torch.Tensor], config: SoVITSConfig,
-                           expected_shapes: Mapping[str, Sequence[int]] | None = None) -> list[str]:
+                           expected_shapes: Mapping[str, Sequence[int]] | None = None,
+                           header: bytes | None = None) -> list[str]:
     """Problems loading these SoVITS generator weights into a model built from `config`.
 
-    Checks the version tells (symbol-table rows, reference-encoder width) and then shapes: those of
-    `expected_shapes` (e.g. `{k: v.shape for k, v in model.state_dict().items()}`) when given, else
-    a set of telling keys computed from the config. Raises `UnsupportedModelError` for Pro/v3/v4.
+    Checks the version tells (v2Pro/v2ProPlus speaker-verification keys, symbol-table rows,
+    reference-encoder width) and then shapes: those of `expected_shapes` (e.g.
+    `{k: v.shape for k, v in model.state_dict().items()}`) when given, else a set of telling keys
+    computed from the config. `header` (taken from a `GSVFile` when not given) tells v2Pro from
+    v2ProPlus files. Raises `UnsupportedModelError` for v3/v4.
     """
     require_supported(weights)
     sd = weights.state_dict if isinstance(weights, GSVFile) else weights
+    if header is None and isinstance(weights, GSVFile):
+        header = weights.header
     problems: list[str] = []
     emb = sd.get("enc_p.text_embedding.weight")
     version_problem = False
@@ -814,6 +907,7 @@ def compatibility_problems(weights: GSVFile | Mapping[str, torch.Tensor], config
                                 f"model; set model.version: v1 (the config says {config.version})")
                 version_problem = True
     shapes = expected_shapes if expected_shapes is not None else _expected_sovits_shapes(config)
+    shape_problems = []
     for key, want_shape in shapes.items():
         have = sd.get(key)
         if have is None:
@@ -821,8 +915,12 @@ def compatibility_problems(weights: GSVFile | Mapping[str, torch.Tensor], config
         if tuple(have.shape) != tuple(int(s) for s in want_shape):
             if version_problem and key in ("enc_p.text_embedding.weight", "ref_enc.spectral.0.fc.weight"):
                 continue
-            problems.append(describe_shape_mismatch(key, tuple(have.shape), tuple(want_shape), config))
-    return problems
+            shape_problems.append(describe_shape_mismatch(key, tuple(have.shape), tuple(want_shape), config))
+    if not version_problem:
+        pro_problem = _pro_problem(sd, config, header, bool(shape_problems))
+        if pro_problem is not None:
+            problems.insert(0, pro_problem)
+    return problems + shape_problems
 
 
 def check_compatibility(weights: GSVFile | Mapping[str, torch.Tensor], config: SoVITSConfig,
@@ -933,8 +1031,9 @@ def load_weights_into(model: torch.nn.Module, source: str | os.PathLike[str] | G
     """Load a GPT-SoVITS file (or an already loaded `GSVFile`) into `model` for fine-tuning.
 
     Shape mismatches raise `IncompatibleWeightsError` naming the keys, both shapes and the likely
-    config field (a wrong `model.version` is reported as such); Pro/v3/v4 files raise
-    `UnsupportedModelError`; nothing is loaded in either case. Missing keys are listed in the report:
+    config field (a wrong `model.version` is reported as such, e.g. a v2 file for a v2Pro model,
+    which lacks the sv_emb/ge_to512/prelu weights); v3/v4 files raise `UnsupportedModelError`;
+    nothing is loaded in either case. Missing keys are listed in the report:
     the posterior encoder `enc_q.*`, which inference exports leave out, is reported as expected. With
     `strict=True` any other missing or unexpected key raises `IncompatibleWeightsError`.
     `config` (default: `model.config` when it is a `SoVITSConfig`) improves the messages.
@@ -951,7 +1050,7 @@ def load_weights_into(model: torch.nn.Module, source: str | os.PathLike[str] | G
 
     problems: list[str] = []
     if config is not None and gsv.model in (MODEL_SOVITS_G, MODEL_UNKNOWN):
-        problems = compatibility_problems(file_sd, config, expected_shapes=model_shapes)
+        problems = compatibility_problems(file_sd, config, expected_shapes=model_shapes, header=gsv.header)
     else:
         for key, tensor in file_sd.items():
             if key in model_shapes and tuple(tensor.shape) != model_shapes[key]:
@@ -1016,6 +1115,59 @@ def gpt_export_name(exp: str, epoch: int) -> str:
     return f"{exp}-e{epoch}.ckpt"
 
 
+# Folders the official WebUI lists weights from, per version (GPT-SoVITS' config.py).
+_SOVITS_WEIGHT_DIRS = {"v1": "SoVITS_weights", "v2": "SoVITS_weights_v2", "v3": "SoVITS_weights_v3",
+                       "v4": "SoVITS_weights_v4", "v2Pro": "SoVITS_weights_v2Pro",
+                       "v2ProPlus": "SoVITS_weights_v2ProPlus"}
+_GPT_WEIGHT_DIRS = {"v1": "GPT_weights", "v2": "GPT_weights_v2", "v3": "GPT_weights_v3",
+                    "v4": "GPT_weights_v4", "v2Pro": "GPT_weights_v2Pro",
+                    "v2ProPlus": "GPT_weights_v2ProPlus"}
+# The official pretrained files each version fine-tunes from, relative to the GPT-SoVITS checkout.
+# The GPT stage of v3, v4, v2Pro and v2ProPlus all start from s1v3.ckpt (same architecture as v2's).
+_OFFICIAL_PRETRAINED = {
+    "v1": {"s2G": "GPT_SoVITS/pretrained_models/s2G488k.pth",
+           "s2D": "GPT_SoVITS/pretrained_models/s2D488k.pth",
+           "s1": "GPT_SoVITS/pretrained_models/s1bert25hz-2kh-longer-epoch=68e-step=50232.ckpt"},
+    "v2": {"s2G": "GPT_SoVITS/pretrained_models/gsv-v2final-pretrained/s2G2333k.pth",
+           "s2D": "GPT_SoVITS/pretrained_models/gsv-v2final-pretrained/s2D2333k.pth",
+           "s1": "GPT_SoVITS/pretrained_models/gsv-v2final-pretrained/"
+                 "s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt"},
+    "v2Pro": {"s2G": "GPT_SoVITS/pretrained_models/v2Pro/s2Gv2Pro.pth",
+              "s2D": "GPT_SoVITS/pretrained_models/v2Pro/s2Dv2Pro.pth",
+              "s1": "GPT_SoVITS/pretrained_models/s1v3.ckpt"},
+    "v2ProPlus": {"s2G": "GPT_SoVITS/pretrained_models/v2Pro/s2Gv2ProPlus.pth",
+                  "s2D": "GPT_SoVITS/pretrained_models/v2Pro/s2Dv2ProPlus.pth",
+                  "s1": "GPT_SoVITS/pretrained_models/s1v3.ckpt"},
+}
+
+
+def _known_version(version: str, table: Mapping[str, Any]) -> None:
+    if version not in table:
+        raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of {list(table)}")
+
+
+def sovits_weight_dir(version: str) -> str:
+    """The folder (relative to a GPT-SoVITS checkout) whose SoVITS exports the inference WebUI lists
+    for `version`: `SoVITS_weights` (v1), `SoVITS_weights_v2`, `SoVITS_weights_v2Pro`, ..."""
+    _known_version(version, _SOVITS_WEIGHT_DIRS)
+    return _SOVITS_WEIGHT_DIRS[version]
+
+
+def gpt_weight_dir(version: str) -> str:
+    """The folder of the GPT exports trained alongside a `version` SoVITS model: `GPT_weights` (v1),
+    `GPT_weights_v2`, `GPT_weights_v2Pro`, ... (the GPT model itself is v2's for every version but v1)."""
+    _known_version(version, _GPT_WEIGHT_DIRS)
+    return _GPT_WEIGHT_DIRS[version]
+
+
+def official_pretrained(version: str) -> dict[str, str]:
+    """The official pretrained files of `version` (v1, v2, v2Pro, v2ProPlus), relative to a GPT-SoVITS
+    checkout: `{"s2G": generator, "s2D": discriminator, "s1": GPT}`. v2Pro/v2ProPlus pair with the GPT
+    `s1v3.ckpt`, as the WebUI does."""
+    _known_version(version, _OFFICIAL_PRETRAINED)
+    return dict(_OFFICIAL_PRETRAINED[version])
+
+
 def sovits_export_info(epoch: int, step: int) -> str:
     """The `info` string official SoVITS exports carry."""
     return f"{epoch}epoch_{step}iteration"
@@ -1052,7 +1204,7 @@ def _plain_config(obj: Any, where: str = "config") -> Any:
 # unknown keyword arguments, so a non-default value would silently be ignored by official inference).
 _HARDCODED_FIELDS = ("ssl_dim", "codebook_size", "mrte_hidden_channels", "posterior_layers",
                      "posterior_kernel_size", "flow_layers", "flow_wn_layers", "flow_kernel_size",
-                     "ref_enc_hidden")
+                     "ref_enc_hidden", "sv_dim")
 
 
 def sovits_inference_config(config: Mapping[str, Any], version: str = "v2") -> dict[str, Any]:
@@ -1061,9 +1213,10 @@ def sovits_inference_config(config: Mapping[str, Any], version: str = "v2") -> d
     Needs `model` and `data` sections (configs/s2.json layout) and `train.segment_size`. Official
     inference builds the model as `SynthesizerTrn(filter_length // 2 + 1, segment_size // hop_length,
     n_speakers=data.n_speakers, **model)`, so `spec_channels`, `segment_size` and `n_speakers` are
-    moved out of the model section (after checking they agree with data/train) and `model.version`
-    is set. gsv_accel-only widths are dropped when they have the official value; other values are
-    kept (gsv_accel reads them) with an `OfficialCompatibilityWarning`.
+    moved out of the model section (after checking they agree with data/train); `model.version` and a
+    top-level `version` are set (as the WebUI's tmp_s2.json has them). gsv_accel-only widths are
+    dropped when they have the official value; other values are kept (gsv_accel reads them) with an
+    `OfficialCompatibilityWarning`.
     """
     cfg = _plain_config(config)
     if not isinstance(cfg, dict):
@@ -1080,10 +1233,12 @@ def sovits_inference_config(config: Mapping[str, Any], version: str = "v2") -> d
     if missing:
         raise ValueError(f"the export config lacks {', '.join(missing)}, which official inference reads")
 
-    have = model.get("version")
-    if have is not None and have != version:
-        raise ValueError(f"config model.version is {have!r} but the export was asked for version {version!r}")
+    for where, section in (("model.version", model), ("version", cfg)):
+        have = section.get("version")
+        if have is not None and have != version:
+            raise ValueError(f"config {where} is {have!r} but the export was asked for version {version!r}")
     model["version"] = version
+    cfg["version"] = version
 
     spec = model.pop("spec_channels", None)
     if spec is not None and int(spec) != int(data["filter_length"]) // 2 + 1:
@@ -1126,11 +1281,13 @@ def export_sovits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, A
 
     `{"weight": fp16 state dict without enc_q.*, "config": plain nested dict, "info": info}`,
     written atomically. Floating-point tensors become fp16; integer/bool buffers keep their dtype.
-    v1/v2 exports are plain torch zips (no version header). v2Pro/v2ProPlus/v3/v4 are refused.
+    v1/v2 exports are plain torch zips (no version header); v2Pro and v2ProPlus exports are torch
+    zips whose first two bytes `PK` are replaced by `05` / `06`, as the official exporter writes
+    them (official inference takes the version from that header). v3/v4 are refused.
     """
     if version in UNSUPPORTED_VERSIONS:
         raise UnsupportedModelError(f"exporting {version} models is not supported yet: gsv_accel trains "
-                                    "v1 and v2 SoVITS models")
+                                    f"{_trained_versions_text()} SoVITS models")
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"unknown SoVITS version {version!r}; expected one of {list(SUPPORTED_VERSIONS)}")
     if not isinstance(info, str):
@@ -1140,7 +1297,10 @@ def export_sovits(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, A
         raise TypeError(f"state_dict entries {', '.join(bad[:5])} are not tensors")
     require_supported(state_dict)
     found, reason = _weights_version(state_dict, None, None)
-    if found is not None and found != version:
+    # v2Pro and v2ProPlus differ only in config values (the decoder widths), which the caller's
+    # version and config state; the Pro keys must be there or not.
+    same_kind = found in PRO_VERSIONS and version in PRO_VERSIONS
+    if found is not None and found != version and not same_kind:
         raise IncompatibleWeightsError(f"the weights are a {found} model ({reason}) but version={version!r} "
                                        "was asked for")
     weights = {k: _half_copy(v) for k, v in state_dict.items() if not k.startswith("enc_q.")}

@@ -119,13 +119,25 @@ def test_inspect_unsafe_file_subprocess(unsafe_file):
 
 
 def test_inspect_flags_unsupported_header_variant(tmp_path, reference_file, capsys):
-    copy = tmp_path / "pro.pth"
-    copy.write_bytes(b"05" + reference_file(S2_EXPORT).read_bytes()[2:])
+    copy = tmp_path / "v3.pth"
+    copy.write_bytes(b"03" + reference_file(S2_EXPORT).read_bytes()[2:])
     assert main(["inspect", str(copy)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^version:\s+v2Pro \(not supported", out, re.MULTILINE)
-    assert re.search(r"^header:\s+05", out, re.MULTILINE)
-    assert copy.read_bytes()[:2] == b"05"
+    assert re.search(r"^version:\s+v3 \(not supported", out, re.MULTILINE)
+    assert re.search(r"^header:\s+03", out, re.MULTILINE)
+    assert copy.read_bytes()[:2] == b"03"
+
+
+@pytest.mark.parametrize("name, version, header", [
+    ("s2_small_v2pro_export.pth", "v2Pro", "05"), ("s2_small_v2proplus_export.pth", "v2ProPlus", "06"),
+])
+def test_inspect_shows_the_version_of_pro_exports(reference_file, capsys, name, version, header):
+    path = reference_file(name)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^version:\s+{version}$", out, re.MULTILINE)
+    assert re.search(rf"^header:\s+{header}$", out, re.MULTILINE)
+    assert re.search(r"^\s+sv_emb\s+\d+", out, re.MULTILINE)
 
 
 def test_inspect_missing_and_broken_files(tmp_path, capsys):

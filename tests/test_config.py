@@ -41,7 +41,7 @@ def test_defaults_yaml_and_overrides_in_order(tmp_path):
     ("train.lr=1", "unknown config key train.lr"),
     ("train.epochs=1.5", "train.epochs"),
     ("train.learning_rate=-1", "train.learning_rate must be > 0"),
-    ("model.version=v2Pro", "v2Pro"),
+    ("model.version=v3", "v3"),
     ("epochs", "must look like section.key=value"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):

@@ -298,7 +298,7 @@ def test_broken_and_foreign_files_give_clear_errors(tmp_path):
 
 
 @pytest.mark.parametrize("header, version, supported", [
-    (b"05", "v2Pro", False), (b"06", "v2ProPlus", False), (b"03", "v3", False), (b"04", "v4", False),
+    (b"05", "v2Pro", True), (b"06", "v2ProPlus", True), (b"03", "v3", False), (b"04", "v4", False),
     (b"01", "v2", True),
 ])
 def test_version_header_variants(tmp_path, reference_file, header, version, supported):
@@ -315,13 +315,20 @@ def test_version_header_variants(tmp_path, reference_file, header, version, supp
     assert gsv.version == version
     assert gsv.supported is supported
     assert len(gsv.state_dict) == len(load_gsv_file(original).state_dict)
-    if not supported:
+    if header != b"01":
         # The weights themselves are v2: the disagreement is noted.
         assert any("header" in note for note in gsv.notes)
+    if not supported:
         with pytest.raises(UnsupportedModelError, match=f"{version}.*not support"):
             check_compatibility(gsv, _small_config(gsv))
         with pytest.raises(UnsupportedModelError, match="not support"):
             load_weights_into(torch.nn.Linear(1, 1), gsv)
+    elif version in ("v2Pro", "v2ProPlus"):
+        # Whether a file can be loaded is decided by its weights, which lack the Pro layers.
+        check_compatibility(gsv, _small_config(gsv))
+        pro = SoVITSConfig.from_dict({**gsv.config["model"], "version": version}, gsv.config["data"])
+        with pytest.raises(IncompatibleWeightsError, match="no sv_emb.*set model.version: v2 "):
+            check_compatibility(gsv, pro)
     # Neither the user's file nor the original was modified.
     assert _sha256(copy) == copy_hash
     assert copy.read_bytes()[:2] == header
@@ -341,11 +348,16 @@ def test_pro_keys_are_detected_without_a_header(tmp_path):
     assert detect_version(sd)[0] == "v2ProPlus"
     sd["dec.conv_pre.weight"] = torch.zeros(512, 4, 7)
     assert detect_version(sd)[0] == "v2Pro"
+    # Small models: v2ProPlus's config also makes the first upsampling kernel 20 taps long (v2Pro: 16).
+    sd["dec.ups.0.weight_v"] = torch.zeros(96, 48, 20)
+    assert detect_version(sd)[0] == "v2ProPlus"
+    sd["dec.ups.0.weight_v"] = torch.zeros(64, 32, 16)
+    assert detect_version(sd)[0] == "v2Pro"
     path = tmp_path / "pro.pth"
     torch.save({"weight": sd}, path)
     gsv = load_gsv_file(path)
-    assert gsv.version == "v2Pro" and not gsv.supported
-    with pytest.raises(UnsupportedModelError, match="v2Pro"):
+    assert gsv.version == "v2Pro" and gsv.supported and gsv.kind == "pretrained"
+    with pytest.raises(IncompatibleWeightsError, match="v2Pro model.*set model.version: v2Pro"):
         check_compatibility(gsv, SoVITSConfig())
 
 
@@ -640,7 +652,9 @@ def test_export_is_atomic_on_failure(tmp_path, reference_file, monkeypatch):
 
 def test_export_refuses_unsupported_or_inconsistent_requests(tmp_path, reference_file):
     fixture = load_gsv_file(reference_file(S2_EXPORT))
-    with pytest.raises(UnsupportedModelError, match="v2Pro"):
+    with pytest.raises(UnsupportedModelError, match="v3"):
+        export_sovits(fixture.state_dict, fixture.config, tmp_path / "a.pth", info="x", version="v3")
+    with pytest.raises(IncompatibleWeightsError, match="v2 model"):
         export_sovits(fixture.state_dict, fixture.config, tmp_path / "a.pth", info="x", version="v2Pro")
     with pytest.raises(IncompatibleWeightsError, match="v2 model"):
         export_sovits(fixture.state_dict, fixture.config, tmp_path / "b.pth", info="x", version="v1")
@@ -683,3 +697,138 @@ def test_load_weights_into_the_wrong_kind_of_model_is_refused(reference_file):
 def test_gpt_version_from_phoneme_table():
     assert detect_version({"model.ar_text_embedding.word_embeddings.weight": torch.zeros(512, 4)})[0] == "v1"
     assert detect_version({"model.ar_text_embedding.word_embeddings.weight": torch.zeros(732, 4)})[0] == "v2"
+
+
+# ----------------------------------------------------------------------------------------------
+# v2Pro / v2ProPlus
+# ----------------------------------------------------------------------------------------------
+
+PRO_EXPORTS = {"v2Pro": ("s2_small_v2pro_export.pth", b"05"),
+               "v2ProPlus": ("s2_small_v2proplus_export.pth", b"06")}
+
+
+@pytest.mark.parametrize("version", list(PRO_EXPORTS))
+def test_official_pro_export_loads_for_training(reference_file, version):
+    name, header = PRO_EXPORTS[version]
+    path = reference_file(name)
+    assert path.read_bytes()[:2] == header
+    gsv = load_gsv_file(path)
+    assert (gsv.header, gsv.version, gsv.supported, gsv.kind) == (header, version, True, "export")
+    assert gsv.notes == []  # header, weights and config agree
+    assert gsv.info == f"{gsv.epoch}epoch_{gsv.step}iteration"
+    # The weights alone tell the flavour too.
+    assert detect_version(gsv.state_dict)[0] == version
+    config = _small_config(gsv)
+    assert config.version == version
+    model = _generator_class()(config)
+    report = load_weights_into(model, gsv)
+    assert report.missing == [] and report.unexpected == []
+    assert report.expected_missing and all(k.startswith("enc_q.") for k in report.expected_missing)
+
+
+@pytest.mark.parametrize("version", list(PRO_EXPORTS))
+def test_pro_export_round_trip_with_header(tmp_path, reference_file, fake_hparams_module, version):
+    synthesizer = _generator_class()
+    name, header = PRO_EXPORTS[version]
+    fixture = load_gsv_file(reference_file(name))
+    config = _small_config(fixture)
+    model = synthesizer(config)
+    load_weights_into(model, fixture)
+    full_config = {"train": fixture.config["train"], "data": fixture.config["data"],
+                   "model": config.to_dict()}
+    path = tmp_path / formats.sovits_weight_dir(version) / sovits_export_name("voice", 3, 30)
+    export_sovits(model.state_dict(), full_config, path, info=sovits_export_info(3, 30), version=version)
+    assert path.parent.name == f"SoVITS_weights_{version}"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left
+
+    data = path.read_bytes()
+    assert data[:2] == header and data[2:4] == b"\x03\x04"
+    # Plain torch.load cannot read it, as with the official files ...
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location="cpu", weights_only=True)
+    # ... and with PK put back it is plain data.
+    loaded = torch.load(io.BytesIO(b"PK" + data[2:]), map_location="cpu", weights_only=True)
+    assert set(loaded) == {"weight", "config", "info"}
+    assert loaded["info"] == "3epoch_30iteration"
+    assert isinstance(loaded["config"], dict)
+    assert loaded["config"]["version"] == loaded["config"]["model"]["version"] == version
+    weights = loaded["weight"]
+    assert set(weights) == {k for k in model.state_dict() if not k.startswith("enc_q.")}
+    assert set(weights) == set(fixture.state_dict)
+    for key, tensor in weights.items():
+        assert tensor.dtype == fixture.state_dict[key].dtype, key
+        assert torch.equal(tensor, fixture.state_dict[key]), key
+
+    # Official inference builds the model from the stored config.
+    dict_s2 = _official_load(path, fake_hparams_module)
+    hps = _AttrDict(dict_s2["config"])
+    built = _official_synthesizer_call(hps.data.filter_length // 2 + 1,
+                                       hps.train.segment_size // hps.data.hop_length,
+                                       n_speakers=hps.data.n_speakers, **hps.model)
+    assert built["version"] == version
+
+    again = load_gsv_file(path)
+    assert (again.header, again.version, again.info) == (header, version, "3epoch_30iteration")
+    assert again.notes == []
+    fresh = synthesizer(SoVITSConfig.from_dict(again.config["model"], again.config["data"],
+                                               again.config["train"]))
+    report = load_weights_into(fresh, again)
+    assert report.missing == [] and report.unexpected == []
+
+
+@pytest.mark.parametrize("version", list(PRO_EXPORTS))
+def test_pro_pretrained_style_file_loads_with_enc_q(tmp_path, reference_file, version):
+    """`s2Gv2Pro.pth`-style: a plain zip {"weight": full state dict}, no header, no config."""
+    synthesizer = _generator_class()
+    fixture = load_gsv_file(reference_file(PRO_EXPORTS[version][0]))
+    config = _small_config(fixture)
+    torch.manual_seed(0)
+    source = synthesizer(config)
+    path = tmp_path / f"s2G{version}.pth"
+    torch.save({"weight": source.state_dict()}, path)
+    gsv = load_gsv_file(path)
+    assert (gsv.kind, gsv.header, gsv.version) == ("pretrained", None, version)
+    target = synthesizer(config)
+    report = load_weights_into(target, gsv, strict=True)
+    assert report.complete
+    for key, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], tensor), key
+
+
+def test_v2_file_into_pro_config_names_model_version(reference_file):
+    synthesizer = _generator_class()
+    v2 = load_gsv_file(reference_file(S2_EXPORT))
+    pro_config = SoVITSConfig.from_dict({**v2.config["model"], "version": "v2Pro"}, v2.config["data"])
+    with pytest.raises(IncompatibleWeightsError) as info:
+        load_weights_into(synthesizer(pro_config), v2)
+    message = str(info.value)
+    assert "is a v2 model" in message and "sv_emb.*" in message and "ge_to512.*" in message
+    assert "set model.version: v2 " in message and "the config says v2Pro" in message
+
+
+def test_pro_file_into_other_configs_names_model_version(reference_file):
+    synthesizer = _generator_class()
+    plus = load_gsv_file(reference_file(PRO_EXPORTS["v2ProPlus"][0]))
+    as_v2 = SoVITSConfig.from_dict({**plus.config["model"], "version": "v2", "gin_channels": 512},
+                                   plus.config["data"])
+    with pytest.raises(IncompatibleWeightsError, match=r"v2ProPlus model.*set model\.version: v2ProPlus"):
+        load_weights_into(synthesizer(as_v2), plus)
+    # v2Pro and v2ProPlus differ in decoder widths only: the header (and shapes) say which it is.
+    as_pro = SoVITSConfig.from_dict({**plus.config["model"], "version": "v2Pro"}, plus.config["data"])
+    with pytest.raises(IncompatibleWeightsError, match=r"header '06'.*set model\.version: v2ProPlus"):
+        check_compatibility(plus, as_pro)
+
+
+def test_weight_dirs_and_pretrained_names_per_version():
+    assert formats.sovits_weight_dir("v1") == "SoVITS_weights"
+    assert formats.sovits_weight_dir("v2") == "SoVITS_weights_v2"
+    assert formats.sovits_weight_dir("v2Pro") == "SoVITS_weights_v2Pro"
+    assert formats.sovits_weight_dir("v2ProPlus") == "SoVITS_weights_v2ProPlus"
+    assert formats.gpt_weight_dir("v1") == "GPT_weights"
+    assert formats.gpt_weight_dir("v2Pro") == "GPT_weights_v2Pro"
+    assert formats.gpt_weight_dir("v2ProPlus") == "GPT_weights_v2ProPlus"
+    pro = formats.official_pretrained("v2ProPlus")
+    assert pro["s2G"].endswith("v2Pro/s2Gv2ProPlus.pth") and pro["s2D"].endswith("v2Pro/s2Dv2ProPlus.pth")
+    assert formats.official_pretrained("v2Pro")["s1"].endswith("s1v3.ckpt")
+    with pytest.raises(ValueError, match="unknown GPT-SoVITS version"):
+        formats.sovits_weight_dir("v5")

@@ -111,7 +111,9 @@ def load_s2_model(path: Path, ssl_dim: int, device: torch.device) -> Any:
         gsv = load_gsv_file(path)
         cfg = gsv.config
         if cfg is None:
-            config = SoVITSConfig(version=gsv.version or "v2")
+            # Pretrained files and G_ checkpoints store no config: the version's official architecture
+            # (v2Pro/v2ProPlus differ from v2 in widths, e.g. s2Gv2Pro.pth has gin_channels 1024).
+            config = SoVITSConfig.for_version(gsv.version or "v2")
         elif isinstance(cfg.get("model"), dict):
             model_section = dict(cfg["model"])
             model_section.setdefault("version", gsv.version or "v2")

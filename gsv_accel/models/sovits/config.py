@@ -2,20 +2,37 @@
 
 Field names follow the `model` section of GPT-SoVITS' `configs/s2.json`, so an official config (or
 the `config` stored inside an exported `.pth`) can be read directly with `SoVITSConfig.from_dict`.
-A few widths that the official code hard-codes are fields here too (`mrte_hidden_channels`,
-`posterior_layers`, `flow_layers`, ...), with defaults equal to the official values, so tiny models
-can be built for tests while the default config still matches the released checkpoints key for key.
+`SoVITSConfig.for_version` gives the official defaults of each version (`configs/s2.json`,
+`s2v2Pro.json`, `s2v2ProPlus.json`): the dataclass defaults are those of v1/v2. A few widths that
+the official code hard-codes are fields here too (`mrte_hidden_channels`, `posterior_layers`,
+`flow_layers`, `sv_dim`, ...), with defaults equal to the official values, so tiny models can be
+built for tests while the default config still matches the released checkpoints key for key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# Symbol table sizes per model version (phone ids index into these tables).
-SYMBOLS_PER_VERSION = {"v1": 322, "v2": 732}
-SUPPORTED_VERSIONS = ("v1", "v2")
+# Symbol table sizes per model version (phone ids index into these tables). The Pro versions use the
+# v2 table; v2 is listed first so that a table size maps back to "v2".
+SYMBOLS_PER_VERSION = {"v1": 322, "v2": 732, "v2Pro": 732, "v2ProPlus": 732}
+SUPPORTED_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
+# Versions whose speaker conditioning adds a speaker-verification embedding (`sv_emb`) to the
+# reference encoder's output.
+PRO_VERSIONS = ("v2Pro", "v2ProPlus")
+
+# What the official config files of each version change against the dataclass defaults (which are
+# `configs/s2.json`). v2ProPlus is v2Pro with a wider decoder; the code is the same.
+_OFFICIAL_OVERRIDES: dict[str, dict[str, Any]] = {
+    "v1": {},
+    "v2": {},
+    "v2Pro": {"gin_channels": 1024, "p_dropout": 0.0},
+    "v2ProPlus": {"gin_channels": 1024, "p_dropout": 0.0, "upsample_initial_channel": 768,
+                  "upsample_kernel_sizes": [20, 16, 8, 2, 2]},
+}
 
 
 @dataclass
@@ -53,12 +70,15 @@ class SoVITSConfig:
     flow_wn_layers: int = 4
     flow_kernel_size: int = 5
     ref_enc_hidden: int = 128
+    # v2Pro/v2ProPlus: width of the speaker-verification embedding `sv_emb` projects from (ERes2NetV2
+    # `forward3`: 8 * m_channels * expansion * 10 = 20480 for the released model). Unused by v1/v2.
+    sv_dim: int = 20480
 
     def __post_init__(self) -> None:
-        if self.version in ("v2Pro", "v2ProPlus", "v3", "v4"):
+        if self.version in ("v3", "v4"):
             raise ValueError(
-                f"model.version={self.version!r} is not supported yet: gsv_accel trains v1 and v2 "
-                "SoVITS models. Use a v2 pretrained model, or set model.version: v2."
+                f"model.version={self.version!r} is not supported yet: gsv_accel trains v1, v2, v2Pro and "
+                "v2ProPlus SoVITS models. Use one of those pretrained models and set model.version."
             )
         if self.version not in SUPPORTED_VERSIONS:
             raise ValueError(
@@ -67,6 +87,29 @@ class SoVITSConfig:
         if self.semantic_frame_rate not in ("25hz", "50hz"):
             raise ValueError(
                 f"model.semantic_frame_rate must be '25hz' or '50hz', got {self.semantic_frame_rate!r}")
+
+    @classmethod
+    def for_version(cls, version: str = "v2", **overrides: Any) -> SoVITSConfig:
+        """The official default architecture of `version`, with `overrides` on top.
+
+        The dataclass defaults are `configs/s2.json` (v1/v2); v2Pro uses gin_channels 1024 and no
+        dropout, v2ProPlus also a wider decoder (`configs/s2v2Pro.json`, `s2v2ProPlus.json`). Built
+        like this, a model has exactly the keys and shapes of the released pretrained files.
+        """
+        if version not in _OFFICIAL_OVERRIDES:
+            cls(version=version)  # raises the usual message for v3/v4 and unknown versions
+        values: dict[str, Any] = {**copy.deepcopy(_OFFICIAL_OVERRIDES[version]), **overrides}
+        return cls(version=version, **values)
+
+    @property
+    def is_pro(self) -> bool:
+        """Whether the speaker conditioning takes a speaker-verification embedding (v2Pro, v2ProPlus)."""
+        return self.version in PRO_VERSIONS
+
+    @property
+    def symbols_version(self) -> str:
+        """The symbol table the phone ids index: "v1", or "v2" (which the Pro versions use too)."""
+        return "v1" if self.version == "v1" else "v2"
 
     @property
     def n_symbols(self) -> int:

@@ -1,16 +1,21 @@
-"""The SoVITS generator (`SynthesizerTrn` of GPT-SoVITS, versions v1 and v2).
+"""The SoVITS generator (`SynthesizerTrn` of GPT-SoVITS, versions v1, v2, v2Pro and v2ProPlus).
 
 Data flow, training (`SynthesizerTrn.forward`):
 
     ssl (B, 768, Ts) --ssl_proj--> quantizer --> quantized (25 Hz) --x2 nearest--> (B, 768, T)
     spec y (B, F, T) --ref_enc--> ge (B, gin, 1)              global speaker/style embedding
-    quantized, phones, ge --enc_p--> prior (m_p, logs_p)
+        (v2Pro/v2ProPlus: ge = prelu(ge + sv_emb(sv)), sv = speaker-verification embedding (B, 20480))
+    quantized, phones, ge --enc_p--> prior (m_p, logs_p)      (Pro: enc_p gets ge_to512(ge))
     y, ge --enc_q--> posterior z ~ N(m_q, exp(logs_q)) --flow--> z_p   (KL against the prior)
     random window of z, ge --dec--> waveform segment                  (GAN + mel losses)
 
 Inference (`decode`) samples z_p from the prior built from semantic codes, runs the flow backwards
 and decodes the whole latent. Module and parameter names follow the official code so released
-checkpoints (`s2G2333k.pth`, `SoVITS_weights*/*.pth`) load key for key.
+checkpoints (`s2G2333k.pth`, `s2Gv2Pro.pth`, `SoVITS_weights*/*.pth`) load key for key.
+
+The versions differ in how the speaker is conditioned on, and nowhere else in the forward passes:
+that difference is one component, `ReferenceConditioning` (v1/v2) or `SVConditioning` (v2Pro and
+v2ProPlus, which differ only in their config), chosen once when the model is built.
 """
 
 from __future__ import annotations
@@ -91,6 +96,97 @@ class TextEncoder(nn.Module):
         return y, m, logs, y_mask
 
 
+class ReferenceConditioning:
+    """Speaker conditioning of v1/v2 models: the reference encoder's embedding is used as it is.
+
+    A conditioning component says how the generator turns the reference encoder's output `ge_ref`
+    (and, for Pro versions, a speaker-verification embedding) into its conditioning:
+    `combine(model, ge_ref, sv_emb)` gives the gin-wide `ge` that the flow, the decoder and the
+    posterior encoder get, `text_condition(model, ge)` what the text encoder's MRTE gets (here the
+    same tensor, so MRTE's width must equal gin_channels). `takes_sv_emb` tells whether `sv_emb` is
+    needed.
+
+    The components hold no weights: `add_layers` puts their layers on the generator under the
+    official top-level key names (`sv_emb.*`, `ge_to512.*`, `prelu.*`), and `combine` looks them up
+    there at each call, so replacing or wrapping one of those layers (LoRA, FSDP, ...) is seen.
+    """
+
+    takes_sv_emb = False
+
+    def __init__(self, config: SoVITSConfig) -> None:
+        if config.gin_channels != config.mrte_hidden_channels:
+            # MRTE adds the speaker embedding to its hidden state, so the widths must agree.
+            raise ValueError(
+                f"gin_channels ({config.gin_channels}) must equal mrte_hidden_channels "
+                f"({config.mrte_hidden_channels}) for {config.version} models (only v2Pro/v2ProPlus "
+                "project the speaker embedding to MRTE's width)")
+        self.version = config.version
+
+    def add_layers(self, model: nn.Module) -> None:
+        """No layers of its own."""
+
+    def combine(self, model: nn.Module, ge_ref: torch.Tensor | None,
+                sv_emb: torch.Tensor | None = None) -> torch.Tensor | None:
+        if sv_emb is not None:
+            raise ValueError(
+                f"sv_emb was given, but {self.version} models take no speaker-verification embedding "
+                "(only v2Pro and v2ProPlus do); leave it out or set model.version")
+        return ge_ref
+
+    def text_condition(self, model: nn.Module, ge: torch.Tensor | None) -> torch.Tensor | None:
+        return ge
+
+
+class SVConditioning:
+    """Speaker conditioning of v2Pro/v2ProPlus: the reference embedding plus a speaker-verification one.
+
+    `sv_emb` is the ERes2NetV2 `forward3` embedding of the reference audio (B, sv_dim), which the
+    official pipeline stores as `7-sv_cn/<wav>.pt` for training and computes from the reference at
+    inference. It is projected to gin (`sv_emb` layer), added to the reference encoder's output and
+    passed through a PReLU (`prelu`): that `ge` goes to the flow, decoder and posterior encoder.
+    MRTE's width is fixed (512 in the official code) whatever gin is, so the text encoder gets
+    `ge_to512(ge)`. See `ReferenceConditioning` for the component interface.
+    """
+
+    takes_sv_emb = True
+
+    def __init__(self, config: SoVITSConfig) -> None:
+        self.version = config.version
+        self.sv_dim = config.sv_dim
+        self.gin_channels = config.gin_channels
+        self.text_channels = config.mrte_hidden_channels
+
+    def add_layers(self, model: nn.Module) -> None:
+        # In the official order, which is the key order of the official state dicts.
+        model.sv_emb = nn.Linear(self.sv_dim, self.gin_channels)
+        model.ge_to512 = nn.Linear(self.gin_channels, self.text_channels)
+        model.prelu = nn.PReLU(num_parameters=self.gin_channels, init=0.25)
+
+    def combine(self, model: nn.Module, ge_ref: torch.Tensor | None,
+                sv_emb: torch.Tensor | None = None) -> torch.Tensor:
+        if ge_ref is None:
+            raise ValueError(f"{self.version} models need a reference spectrogram (refer) for the speaker "
+                             "embedding; there is no unconditioned mode")
+        if sv_emb is None:
+            raise ValueError(
+                f"{self.version} models need sv_emb: the (batch, {self.sv_dim}) speaker-verification "
+                "embedding of the reference audio (ERes2NetV2 forward3; 7-sv_cn/*.pt in official datasets)")
+        if sv_emb.dim() != 2 or sv_emb.size(1) != self.sv_dim or sv_emb.size(0) != ge_ref.size(0):
+            raise ValueError(
+                f"sv_emb must have shape (batch={ge_ref.size(0)}, sv_dim={self.sv_dim}), got "
+                f"{tuple(sv_emb.shape)} (model.sv_dim sets the width)")
+        projected = model.sv_emb(sv_emb.to(ge_ref.dtype)).unsqueeze(-1)
+        return model.prelu(ge_ref + projected)
+
+    def text_condition(self, model: nn.Module, ge: torch.Tensor) -> torch.Tensor:
+        return model.ge_to512(ge.transpose(1, 2)).transpose(1, 2)
+
+
+def build_speaker_conditioning(config: SoVITSConfig) -> ReferenceConditioning | SVConditioning:
+    """The speaker-conditioning component of `config.version`."""
+    return SVConditioning(config) if config.is_pro else ReferenceConditioning(config)
+
+
 class LatentStats(NamedTuple):
     z: torch.Tensor        # posterior sample (B, inter, T)
     z_p: torch.Tensor      # z mapped through the flow into the prior's space
@@ -112,16 +208,16 @@ class TrainOutput(NamedTuple):
 
 
 class SynthesizerTrn(nn.Module):
-    """SoVITS generator built from a `SoVITSConfig` (v1 or v2)."""
+    """SoVITS generator built from a `SoVITSConfig` (v1, v2, v2Pro or v2ProPlus).
+
+    Pro models take a speaker-verification embedding `sv_emb` (B, config.sv_dim) in `forward`,
+    `speaker_embedding` and `decode`; for them it is required, for v1/v2 it must be left out.
+    """
 
     def __init__(self, config: SoVITSConfig | None = None) -> None:
         super().__init__()
         config = config if config is not None else SoVITSConfig()
-        if config.gin_channels != config.mrte_hidden_channels:
-            # MRTE adds the speaker embedding to its hidden state, so the widths must agree.
-            raise ValueError(
-                f"gin_channels ({config.gin_channels}) must equal mrte_hidden_channels "
-                f"({config.mrte_hidden_channels})")
+        conditioning = build_speaker_conditioning(config)
         if config.version != "v1" and config.spec_channels < _V2_REFERENCE_BINS:
             raise ValueError(
                 f"spec_channels ({config.spec_channels}) must be at least {_V2_REFERENCE_BINS}: "
@@ -156,16 +252,40 @@ class SynthesizerTrn(nn.Module):
         self.ssl_proj = nn.Conv1d(config.ssl_dim, config.ssl_dim, self.semantic_upsample,
                                   stride=self.semantic_upsample)
         self.quantizer = ResidualVectorQuantizer(dimension=config.ssl_dim, n_q=1, bins=config.codebook_size)
+
+        # The conditioning's own layers (Pro: sv_emb, ge_to512, prelu) come last, as in the official
+        # state dicts.
+        self.speaker_conditioning = conditioning
+        conditioning.add_layers(self)
         self.train()  # puts a frozen quantizer in eval mode from the start
 
     # ------------------------------------------------------------------ helpers
 
+    @property
+    def takes_sv_emb(self) -> bool:
+        """Whether `forward`/`decode` need a speaker-verification embedding (v2Pro, v2ProPlus)."""
+        return self.speaker_conditioning.takes_sv_emb
+
     def reference_embedding(self, spec: torch.Tensor, spec_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Global speaker/style embedding `ge` (B, gin_channels, 1) of a linear spectrogram
-        (B, spec_channels, T). Without a mask every frame counts."""
+        """The reference encoder's style embedding (B, gin_channels, 1) of a linear spectrogram
+        (B, spec_channels, T), before any speaker-verification term. Without a mask every frame counts."""
         if spec_mask is None:
             spec_mask = spec.new_ones(spec.size(0), 1, spec.size(2))
         return self.ref_enc(spec[:, : self.reference_bins] * spec_mask, spec_mask)
+
+    def speaker_embedding(self, spec: torch.Tensor, spec_mask: torch.Tensor | None = None,
+                          sv_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning `ge` (B, gin_channels, 1) that the flow, decoder and posterior encoder get.
+
+        v1/v2: the reference embedding. v2Pro/v2ProPlus: prelu(reference embedding + sv_emb projected),
+        with `sv_emb` (B, sv_dim) required. The text encoder gets `text_condition(ge)`.
+        """
+        return self.speaker_conditioning.combine(self, self.reference_embedding(spec, spec_mask), sv_emb)
+
+    def text_condition(self, ge: torch.Tensor | None) -> torch.Tensor | None:
+        """What the text encoder's MRTE gets for a conditioning `ge`: `ge` itself (v1/v2), or its
+        projection to MRTE's width (v2Pro/v2ProPlus: `ge_to512`)."""
+        return self.speaker_conditioning.text_condition(self, ge)
 
     def train(self, mode: bool = True) -> SynthesizerTrn:
         """As nn.Module.train, except that a frozen quantizer (and its SSL projection) stays in
@@ -196,19 +316,25 @@ class SynthesizerTrn(nn.Module):
     # ------------------------------------------------------------------ training
 
     def forward(self, ssl: torch.Tensor, y: torch.Tensor, y_lengths: torch.Tensor, text: torch.Tensor,
-                text_lengths: torch.Tensor) -> TrainOutput:
+                text_lengths: torch.Tensor, sv_emb: torch.Tensor | None = None) -> TrainOutput:
         """Training pass.
 
         ssl: HuBERT features (B, ssl_dim, T) at 50 Hz, one per spectrogram frame; y: linear spectrogram
-        (B, spec_channels, T); y_lengths: (B,) valid frames; text: phone ids (B, Tt); text_lengths: (B,).
+        (B, spec_channels, T); y_lengths: (B,) valid frames; text: phone ids (B, Tt); text_lengths: (B,);
+        sv_emb: v2Pro/v2ProPlus only, and required there: the speaker-verification embedding of each
+        item's audio (B, sv_dim), float (the official collate stacks `7-sv_cn/<wav>.pt`).
+
+        Random draws, in this order, from the global generator (as the official trainer): the
+        posterior sample's noise, then the segment starts (`torch.rand([B])`). The speaker embedding
+        comes from the item's own spectrogram, as in the official trainer.
         """
         y_mask = _length_mask(y_lengths, y.size(2), y.dtype)
-        ge = self.reference_embedding(y, y_mask)
+        ge = self.speaker_embedding(y, y_mask, sv_emb)
 
         quantized, _, commit_loss = self._quantize_ssl(ssl)
         quantized = self._upsample_semantic(quantized)
 
-        _, m_p, logs_p, x_mask = self.enc_p(quantized, y_lengths, text, text_lengths, ge)
+        _, m_p, logs_p, x_mask = self.enc_p(quantized, y_lengths, text, text_lengths, self.text_condition(ge))
         z, m_q, logs_q, z_mask = self.enc_q(y, y_lengths, g=ge)
         z_p = self.flow(z, z_mask, g=ge)
 
@@ -232,27 +358,43 @@ class SynthesizerTrn(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, text: torch.Tensor,
                refer: torch.Tensor | Sequence[torch.Tensor] | None, noise_scale: float = 0.5,
-               speed: float = 1.0) -> torch.Tensor:
+               speed: float = 1.0, sv_emb: torch.Tensor | Sequence[torch.Tensor] | None = None
+               ) -> torch.Tensor:
         """Synthesize a waveform (B, 1, samples).
 
         codes: semantic codes laid out (n_q, B, T) (the GPT stage's output with a leading 1);
         text: phone ids (B, Tt), all valid; refer: reference linear spectrogram (B, spec_channels,
-        Tr), or a list of them whose embeddings are averaged, or None for no speaker conditioning;
-        noise_scale: std multiplier of the prior sample (0 = the prior mean); speed: >1 is faster.
+        Tr), or a list of them whose embeddings are averaged, or None for no speaker conditioning
+        (v1/v2 only); noise_scale: std multiplier of the prior sample (0 = the prior mean); speed: >1
+        is faster; sv_emb: v2Pro/v2ProPlus only, and required there: the speaker-verification
+        embedding (B, sv_dim) of the reference audio, or, with a list of references, a list of them in
+        the same order (each reference's `ge` is computed with its own, then the `ge`s are averaged).
         """
         if refer is None:
-            ge = None
+            ge = self.speaker_conditioning.combine(self, None, sv_emb)
         elif isinstance(refer, (list, tuple)):
-            ge = torch.stack([self.reference_embedding(r) for r in refer], 0).mean(0)
+            if sv_emb is None:
+                per_reference: Sequence[torch.Tensor | None] = [None] * len(refer)
+            elif isinstance(sv_emb, (list, tuple)) and len(sv_emb) == len(refer):
+                per_reference = sv_emb
+            else:
+                raise ValueError(f"with {len(refer)} references, sv_emb must be a list of as many "
+                                 "(B, sv_dim) embeddings, one per reference")
+            ge = torch.stack([self.speaker_embedding(r, sv_emb=s)
+                              for r, s in zip(refer, per_reference, strict=True)], 0).mean(0)
         else:
-            ge = self.reference_embedding(refer)
+            if isinstance(sv_emb, (list, tuple)):
+                raise ValueError("sv_emb is a list but there is a single reference: pass one (B, sv_dim) "
+                                 "tensor")
+            ge = self.speaker_embedding(refer, sv_emb=sv_emb)
 
         quantized = self._upsample_semantic(self.quantizer.decode(codes))
         batch = quantized.size(0)
         y_lengths = torch.full((batch,), quantized.size(2), dtype=torch.long, device=quantized.device)
         text_lengths = torch.full((batch,), text.size(-1), dtype=torch.long, device=text.device)
 
-        _, m_p, logs_p, y_mask = self.enc_p(quantized, y_lengths, text, text_lengths, ge, speed)
+        _, m_p, logs_p, y_mask = self.enc_p(quantized, y_lengths, text, text_lengths, self.text_condition(ge),
+                                            speed)
         z_p = m_p + torch.randn_like(m_p) * torch.exp(logs_p) * noise_scale
         z = self.flow(z_p, y_mask, g=ge, reverse=True)
         return self.dec(z * y_mask, g=ge)

@@ -31,14 +31,15 @@ test: $(STAMP)
 	$(PYTHON) -m pytest
 
 # The demo, both stages on the bundled corpus with tiny models (a few minutes on 2 CPU cores):
-# prepare with the tiny HuBERT and train SoVITS (S2); prepare again with the S2 model's best export
-# (semantic codes) and the tiny BERT and train the GPT (S1). Preparation is cached and re-running
+# prepare with the tiny HuBERT and speaker model and train SoVITS v2Pro (S2); prepare again with the
+# S2 model's best export (semantic codes) and the tiny BERT and train the GPT (S1). Preparation is cached and re-running
 # resumes the run folders. W&B runs offline unless you are logged in.
 demo: $(STAMP)
-	$(PYTHON) -m gsv_accel.cli prepare --list demo/data/demo.list --hubert demo/tiny_hubert --out runs/demo_dataset
-	$(PYTHON) recipes/s2.py --resume auto
 	$(PYTHON) -m gsv_accel.cli prepare --list demo/data/demo.list --hubert demo/tiny_hubert \
-		--bert demo/tiny_bert --s2-pretrained "$$(ls -t runs/s2_demo/exports/demo_best_*.pth | head -n 1)" \
+		--sv demo/tiny_sv/eres2netv2_tiny.safetensors --out runs/demo_dataset
+	$(PYTHON) recipes/s2.py --resume auto
+	$(PYTHON) -m gsv_accel.cli prepare --list demo/data/demo.list --hubert demo/tiny_hubert --bert demo/tiny_bert \
+		--s2-pretrained "$$(ls -t runs/s2_demo/exports/SoVITS_weights_v2Pro/demo_best_*.pth | head -n 1)" \
 		--out runs/demo_dataset_s1
 	$(PYTHON) recipes/s1.py --resume auto
 

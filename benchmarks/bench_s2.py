@@ -84,7 +84,8 @@ def ensure_dataset(dataset: Path, work: Path) -> Path:
 
     out = work / "demo_dataset"
     print(f"{dataset} does not exist: preparing the demo corpus into {out}", file=sys.stderr)
-    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert")
+    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert",
+            sv_model=REPO / "demo" / "tiny_sv" / "eres2netv2_tiny.safetensors")
     return out
 
 
@@ -211,7 +212,8 @@ class BareLoop(OwnRNG):
                  for k, v in batch.items()}
         self.optim_d.zero_grad(set_to_none=True)
         self.optim_g.zero_grad(set_to_none=True)
-        out = net_g(batch["ssl"], batch["spec"], batch["spec_lengths"], batch["text"], batch["text_lengths"])
+        out = net_g(batch["ssl"], batch["spec"], batch["spec_lengths"], batch["text"], batch["text_lengths"],
+                    sv_emb=batch["sv_emb"] if self.cfg.model.is_pro else None)
         real = slice_segments(batch["wav"], out.slice_starts * self.cfg.data.hop_length, tc.segment_size)
         real_scores, fake_scores, _, _ = net_d(real, out.wav.detach())
         discriminator_lsgan_loss(real_scores, fake_scores).backward()

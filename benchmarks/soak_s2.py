@@ -169,7 +169,8 @@ def main() -> int:
         from gsv_accel.data.prepare import prepare
 
         print(f"soak: preparing the demo corpus into {args.dataset}")
-        prepare(REPO / "demo" / "data" / "demo.list", args.dataset, REPO / "demo" / "tiny_hubert")
+        prepare(REPO / "demo" / "data" / "demo.list", args.dataset, REPO / "demo" / "tiny_hubert",
+            sv_model=REPO / "demo" / "tiny_sv" / "eres2netv2_tiny.safetensors")
     if args.out.exists():
         shutil.rmtree(args.out)
     print(f"soak: seed {seed}, {args.interruptions} interruptions, {args.epochs} epochs, checkpoint every "

@@ -46,7 +46,7 @@ from gsv_accel.data.s1 import S1Collate, S1Filter, filter_items
 from gsv_accel.data.sampler import LengthBucketBatchSampler
 from gsv_accel.deepspeed_support import is_deepspeed
 from gsv_accel.distributed import sum_over_processes
-from gsv_accel.formats import export_gpt, gpt_export_info, gpt_export_name, load_weights_into
+from gsv_accel.formats import export_gpt, gpt_export_info, gpt_export_name, gpt_weight_dir, load_weights_into
 from gsv_accel.lifecycle import exit_process
 from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
 from gsv_accel.models.gpt.model import top_k_accuracy
@@ -179,6 +179,8 @@ class S1Recipe:
         require_path("data.dataset", cfg.data.dataset, "folder")
         prepared = load_prepared(cfg.data.dataset)
         semantic = prepared.meta.get("semantic") or {}
+        # The SoVITS version whose codes the GPT learns decides where the WebUI lists its exports.
+        self.sovits_version = semantic.get("s2_version") or "v2"
         if not semantic:
             raise DatasetCompatibilityError(f"{cfg.data.dataset} has no semantic codes: prepare it with "
                                             "--s2-pretrained (and --bert for Chinese)")
@@ -310,8 +312,10 @@ class S1Recipe:
 
     # --------------------------------------------------------------------------------- exports
     def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:
-        """`exports/<name>-e<E>.ckpt` in the GPT_weights format (named by epoch, as the official)."""
-        path = self.session.run_dir / "exports" / gpt_export_name(name, epoch)
+        """`exports/GPT_weights_<version>/<name>-e<E>.ckpt` in the GPT_weights format (named by epoch, as
+        the official; the folder the WebUI lists for the SoVITS version whose codes it learned)."""
+        folder = self.session.run_dir / "exports" / gpt_weight_dir(self.sovits_version)
+        path = folder / gpt_export_name(name, epoch)
         export_gpt(state_dict, self.cfg.official_dict(), path, gpt_export_info(epoch))
         return path
 

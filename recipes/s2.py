@@ -50,6 +50,7 @@ from gsv_accel.formats import (
     load_weights_into,
     sovits_export_info,
     sovits_export_name,
+    sovits_weight_dir,
 )
 from gsv_accel.lifecycle import exit_process
 from gsv_accel.losses import (
@@ -315,7 +316,7 @@ class S2Recipe:
             with stepper.no_sync(self.net_g, not last):
                 with self.autocast():
                     out = self.net_g(batch["ssl"], batch["spec"], batch["spec_lengths"], batch["text"],
-                                     batch["text_lengths"])
+                                     batch["text_lengths"], sv_emb=self._sv_emb(batch))
             real = slice_segments(batch["wav"], out.slice_starts * hop, tc.segment_size)
 
             # Discriminator: real vs detached generated audio.
@@ -364,6 +365,11 @@ class S2Recipe:
                        "train/lr_d": self.optim_d.param_groups[0]["lr"]})
         return StepResult(totals, skipped_d or skipped_g)
 
+    def _sv_emb(self, batch: dict) -> torch.Tensor | None:
+        """The speaker-verification embeddings (B, sv_dim) for v2Pro/v2ProPlus; None for v1/v2 (a
+        dataset prepared with --sv also serves v2 models, which do not take them)."""
+        return batch["sv_emb"] if self.cfg.model.is_pro else None
+
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> ValidationResult:
@@ -383,7 +389,9 @@ class S2Recipe:
             frames = int(batch["spec_lengths"][0])
             with self.autocast():
                 codes = generator.extract_latent(ssl[:, :, :frames])
-                fake = generator.decode(codes.transpose(0, 1), text, spec[:, :, :frames], noise_scale=0.0)
+                sv_emb = self._sv_emb(batch)
+                fake = generator.decode(codes.transpose(0, 1), text, spec[:, :, :frames], noise_scale=0.0,
+                                        sv_emb=None if sv_emb is None else sv_emb.to(acc.device))
             mel_real = self.features.mel(wav[:, 0, : int(batch["wav_lengths"][0])].float())
             mel_fake = self.features.mel(fake[:, 0].float())
             length = min(mel_real.size(-1), mel_fake.size(-1))
@@ -399,8 +407,11 @@ class S2Recipe:
 
     # --------------------------------------------------------------------------------- exports
     def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:
-        """GPT-SoVITS inference weights `exports/<name>_e<E>_s<S>.pth`."""
-        path = self.session.run_dir / "exports" / sovits_export_name(name, epoch, step)
+        """GPT-SoVITS inference weights `exports/SoVITS_weights_<version>/<name>_e<E>_s<S>.pth`: the
+        folder and name the inference WebUI lists (copy `exports/*` into a GPT-SoVITS checkout)."""
+        version = self.cfg.model.version
+        folder = self.session.run_dir / "exports" / sovits_weight_dir(version)
+        path = folder / sovits_export_name(name, epoch, step)
         export_sovits(state_dict, self.cfg.official_dict(), path, sovits_export_info(epoch, step),
                       version=self.cfg.model.version)
         return path

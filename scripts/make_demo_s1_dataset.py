@@ -36,7 +36,8 @@ def make_demo_s1_dataset(work: Path, seed: int = 0) -> Path:
             buffer.fill_(1)  # else the quantizer would initialise its codebook from the first batch
         elif name.endswith("embed"):
             buffer.normal_()
-    s2_export = export_sovits(generator.state_dict(), cfg.official_dict(), work / "tiny_s2.pth", "demo")
+    s2_export = export_sovits(generator.state_dict(), cfg.official_dict(), work / "tiny_s2.pth", "demo",
+                              version=cfg.model.version)
     out = work / "dataset"
     prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert",
             s2_pretrained=s2_export, bert_dir=REPO / "demo" / "tiny_bert")

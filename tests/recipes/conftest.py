@@ -21,6 +21,7 @@ S2_RECIPE = REPO / "recipes" / "s2.py"
 DEMO_CONFIG = REPO / "recipes" / "configs" / "s2_demo.yaml"
 S1_RECIPE = REPO / "recipes" / "s1.py"
 S1_DEMO_CONFIG = REPO / "recipes" / "configs" / "s1_demo.yaml"
+DEMO_SV = REPO / "demo" / "tiny_sv" / "eres2netv2_tiny.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,8 @@ def demo_dataset(tmp_path_factory) -> Path:
     from gsv_accel.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("demo_dataset") / "dataset"
-    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert")
+    # With speaker-verification vectors: the demo config is v2Pro, the WebUI's default version.
+    prepare(REPO / "demo" / "data" / "demo.list", out, REPO / "demo" / "tiny_hubert", sv_model=DEMO_SV)
     return out
 
 
@@ -95,6 +97,13 @@ class S2Run:
         return process.wait(timeout=120)
 
     @property
+    def exports(self) -> Path:
+        """Where the run's exports go: the WebUI's folder for the version (demo: v2Pro)."""
+        return self.run_dir / "exports" / self.export_folder
+
+    export_folder = "SoVITS_weights_v2Pro"
+
+    @property
     def log(self) -> str:
         return (self.run_dir / "train.log").read_text()
 
@@ -113,6 +122,7 @@ class S1Run(S2Run):
 
     recipe = S1_RECIPE
     config = S1_DEMO_CONFIG
+    export_folder = "GPT_weights_v2Pro"
 
     def final_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"gpt": load_file(str(self.checkpoints()[-1] / "model.safetensors"))}
@@ -129,14 +139,24 @@ def run_in_two_legs(run: S2Run, stop_at: int, end: int | None = None) -> None:
 
 
 def load_sovits_export_the_official_way(export: Path, info: str) -> dict[str, torch.Tensor]:
-    """Load an S2 export as GPT-SoVITS inference does (plain `torch.load`, the config used as
-    attributes, the generator built from it and `load_state_dict(strict=False)` with only `enc_q.*`
-    missing); checks the fields and fp16 storage. Returns the weights."""
+    """Load an S2 export as GPT-SoVITS inference does (`process_ckpt.load_sovits_new`: a `05`/`06`
+    header of v2Pro/v2ProPlus files is turned back into the zip magic `PK`, then plain `torch.load`;
+    the config used as attributes, the generator built from it and `load_state_dict(strict=False)`
+    with only `enc_q.*` missing); checks the fields, the header against the version and fp16 storage.
+    Returns the weights."""
+    import io
+
     from gsv_accel.models.sovits import SynthesizerTrn
     from gsv_accel.models.sovits.config import SoVITSConfig
 
-    raw = torch.load(export, map_location="cpu", weights_only=False)
+    data = export.read_bytes()
+    header = data[:2]
+    if header != b"PK":
+        data = b"PK" + data[2:]
+    raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     assert set(raw) == {"weight", "config", "info"} and raw["info"] == info
+    version = raw["config"]["model"]["version"]
+    assert header == {"v2Pro": b"05", "v2ProPlus": b"06"}.get(version, b"PK"), (header, version)
     model_cfg = dict(raw["config"]["model"])
     model_cfg["spec_channels"] = raw["config"]["data"]["filter_length"] // 2 + 1
     model_cfg["segment_size"] = raw["config"]["train"]["segment_size"] // raw["config"]["data"]["hop_length"]

@@ -47,14 +47,14 @@ def test_overfitting_config_stops_early_and_exports_the_best_model(s1_run):
     assert len(evaluations) < 200
     best_step, _ = min(evaluations, key=lambda e: e[1])
     best = verify_checkpoint(run.run_dir / "checkpoints" / f"step_{best_step:08d}")
-    exported = run.run_dir / "exports" / f"demo_best-e{best.epoch}.ckpt"
+    exported = run.exports / f"demo_best-e{best.epoch}.ckpt"
     assert exported.is_file()
 
 
 def test_export_loads_the_official_way_with_strict_keys(s1_run):
     run = s1_run("export", "train.epochs=1")
     run.run()
-    [export] = (run.run_dir / "exports").glob("demo-e1.ckpt")
+    [export] = (run.exports).glob("demo-e1.ckpt")
     # As GPT-SoVITS inference does: torch.load, build the model from the stored config, load the
     # `model.`-prefixed weights strictly.
     raw = torch.load(export, map_location="cpu", weights_only=False)

@@ -124,8 +124,8 @@ def test_zero2_cpu_trains_saves_resumes_exactly_and_exports(tmp_path: Path, demo
     assert not all(torch.equal(t, first_leg["generator"][k]) for k, t in final["generator"].items())
 
     # The export loads as GPT-SoVITS inference does and holds the consolidated weights (in fp16).
-    export = resumed.run_dir / "exports" / "demo_e0_s6.pth"
-    assert export.is_file(), sorted(p.name for p in (resumed.run_dir / "exports").iterdir())
+    export = resumed.exports / "demo_e0_s6.pth"
+    assert export.is_file(), sorted(p.name for p in (resumed.exports).iterdir())
     weights = load_sovits_export_the_official_way(export, info="0epoch_6iteration")
     for key, tensor in weights.items():
         torch.testing.assert_close(tensor.float(), final["generator"][key].float(), atol=1e-2, rtol=1e-2)
@@ -273,6 +273,6 @@ def test_zero2_early_stop_restores_and_exports_the_best_weights(tmp_path: Path, 
     best_weights = {"generator": consolidated_state_dict(best),
                     "discriminator": consolidated_state_dict(best / "discriminator")}
     assert_same_weights(run.final_weights(), best_weights)
-    [best_export] = (run.run_dir / "exports").glob(f"demo_best_e*_s{best_step}.pth")
+    [best_export] = (run.exports).glob(f"demo_best_e*_s{best_step}.pth")
     for key, tensor in load_gsv_file(best_export).state_dict.items():
         assert torch.equal(tensor, best_weights["generator"][key].half()), key

@@ -357,7 +357,7 @@ def _all_finite_checkpoints_and_exports(run: S2Run) -> None:
         for name in ("model.safetensors", "model_1.safetensors"):
             for key, tensor in load_file(str(folder / name)).items():
                 assert torch.isfinite(tensor).all(), f"{folder.name}/{name}: {key} is not finite"
-    for export in (run.run_dir / "exports").glob("*.pth"):
+    for export in (run.exports).glob("*.pth"):
         for key, tensor in load_gsv_file(export).state_dict.items():
             if tensor.is_floating_point():
                 assert torch.isfinite(tensor).all(), f"{export.name}: {key} is not finite"

@@ -33,7 +33,7 @@ def test_overfitting_config_stops_early_and_exports_the_lowest_val_model(s2_run)
     assert "training stopped: early_stop" in run.log
     best_step, best_value, _ = min(evaluations, key=lambda e: e[1])
     # The best export is the checkpoint with the lowest validation loss in train.log.
-    [best_export] = (run.run_dir / "exports").glob("demo_best_e*_s*.pth")
+    [best_export] = (run.exports).glob("demo_best_e*_s*.pth")
     assert best_export.name.endswith(f"_s{best_step}.pth")
     best_checkpoint = run.run_dir / "checkpoints" / f"step_{best_step:08d}"
     assert abs(verify_checkpoint(best_checkpoint).metrics["val/mel_loss"] - best_value) < 5e-6

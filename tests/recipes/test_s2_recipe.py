@@ -96,7 +96,7 @@ def test_short_run_with_long_save_interval_still_leaves_final_checkpoint_and_exp
     [final] = run.checkpoints()
     info = verify_checkpoint(final)
     assert info.step == 22 and info.epoch == 2
-    assert (run.run_dir / "exports" / "demo_e2_s22.pth").is_file()
+    assert (run.exports / "demo_e2_s22.pth").is_file()
 
 
 def test_export_loads_the_gpt_sovits_way_and_inspect_shows_progress(s2_run, capsys):
@@ -104,7 +104,7 @@ def test_export_loads_the_gpt_sovits_way_and_inspect_shows_progress(s2_run, caps
 
     run = s2_run("export", "train.epochs=1")
     run.run()
-    export = run.run_dir / "exports" / "demo_e1_s11.pth"
+    export = run.exports / "demo_e1_s11.pth"
     load_sovits_export_the_official_way(export, info="1epoch_11iteration")
 
     assert cli_main(["inspect", str(export), "--json"]) == 0

@@ -782,7 +782,8 @@ def run_recipe(name: str, description: str, config_class: type, recipe_class: ty
                         help="'auto' (latest complete checkpoint of the run, fresh start if none) or a "
                              "checkpoint folder")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may come before and after --config/--resume (`... x=1 --resume auto y=2`).
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(config_class, args.config, args.overrides)
         recipe = recipe_class(cfg, resume=args.resume)

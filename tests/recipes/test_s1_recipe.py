@@ -51,6 +51,26 @@ def test_overfitting_config_stops_early_and_exports_the_best_model(s1_run):
     assert exported.is_file()
 
 
+def test_monitoring_top3_accuracy_in_max_mode_stops_on_accuracy_and_exports_its_best(s1_run):
+    """plateau.monitor may name any metric the recipe reports: accuracy, maximised."""
+    run = s1_run("top3", "train.epochs=200", "train.learning_rate=0.003", "train.warmup_steps=2",
+                 "plateau.monitor=val/top3_acc", "plateau.mode=max", "plateau.patience=2",
+                 "plateau.max_reductions=0")
+    run.run()
+    accuracies = [(int(step), float(value)) for step, value in
+                  re.findall(r"step (\d+) epoch \d+: val/top3_acc = ([0-9.]+)", run.log)]
+    assert "training stopped: early_stop" in run.log and 3 <= len(accuracies) < 200
+    # The controller's choice: the first evaluation reaching the highest accuracy (no later one beat it).
+    best_value = max(value for _, value in accuracies)
+    best_step = next(step for step, value in accuracies if value == best_value)
+    assert f"val/top3_acc has not improved for 2 evaluations (best {best_value:.4g} at step {best_step})" in run.log
+    best = verify_checkpoint(run.run_dir / "checkpoints" / f"step_{best_step:08d}")
+    assert best.manifest["best"] and best.metrics["val/top3_acc"] == pytest.approx(best_value, abs=5e-6)
+    exported = torch.load(run.exports / f"demo_best-e{best.epoch}.ckpt", map_location="cpu", weights_only=True)
+    weights = load_file(str(best.path / "model.safetensors"))
+    assert all(torch.equal(exported["weight"][f"model.{k}"], v.half()) for k, v in weights.items())
+
+
 def test_export_loads_the_official_way_with_strict_keys(s1_run):
     run = s1_run("export", "train.epochs=1")
     run.run()

@@ -31,7 +31,7 @@ REJECT_CODES = {
     "unknown_phones": "phones outside the symbol table",
     "missing": "audio file not found",
     "unreadable": "file cannot be read (safely), or is corrupt",
-    "empty": "audio has no samples",
+    "empty": "audio file is empty (0 bytes, or no samples)",
     "silent": "audio is silent",
     "too_short": f"audio not longer than {MIN_DURATION} s",
     "too_long": f"audio not shorter than {MAX_DURATION} s",
@@ -63,7 +63,8 @@ def parse_list(list_path: Path) -> tuple[list[dict[str, Any]], list[Reject]]:
     try:
         raw = list_path.read_bytes()
     except OSError as err:
-        raise PrepareError(f"cannot read the list file {list_path}: {err.strerror or err}") from err
+        raise PrepareError(f"--list {list_path}: cannot be read ({err.strerror or err}); check the path and "
+                           "its permissions") from err
     base = list_path.parent
     entries: list[dict[str, Any]] = []
     rejects: list[Reject] = []

@@ -324,6 +324,23 @@ def test_bad_input_as_a_process_prints_one_line(case_id: str, assets, tmp_path) 
     assert not assets["marker"].exists()
 
 
+def test_no_usable_audio_is_a_user_error_found_after_the_audio_stage(assets, tmp_path, capsys) -> None:
+    """Corrupt audio is found only by reading it, after the text and audio stages have shown their
+    progress bars: the error is then the last line, and nothing is written."""
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 20)
+    (tmp_path / "bad.list").write_text("corrupt.wav|spk|en|Hello there.\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    assert main(["prepare", "--list", str(tmp_path / "bad.list"), "--out", str(work / "out"),
+                 "--hubert", str(TINY_HUBERT)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("gsv-accel prepare: error: --list ") and "bad.list" in last
+    assert "unreadable" in last and "corrupt.wav" in last
+    assert list(work.iterdir()) == []
+
+
 def test_argparse_usage_errors_also_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(["prepare", "--out", "x"])

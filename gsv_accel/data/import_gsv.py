@@ -50,7 +50,7 @@ from .features import (
     stage_features,
 )
 from .fingerprint import stable_hash, symbol_table_info, tree_stamp
-from .listfile import PrepareError, Reject, kept_indices, rejects_of
+from .listfile import PrepareError, Reject, kept_indices, rejects_of, too_few_usable
 from .writer import DatasetWriter, PrepareResult, build_meta
 
 # Official semantic files start with this header line.
@@ -383,8 +383,7 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
         rejects.extend(rejects_of(ds, path_column="name"))
         good = kept_indices(ds)
         if len(good) < 2:
-            raise PrepareError(f"{exp_dir}: only {len(good)} usable utterance(s) of {total}; at least 2 are "
-                               f"needed (reasons: {dict(Counter(r.code for r in rejects))})")
+            raise too_few_usable(f"--exp-dir {exp_dir}", len(good), total, rejects)
         ds = ds.select(good, keep_in_memory=True)
         ds = ds.select_columns([c for c in SAVED_COLUMNS if c in ds.column_names])
         meta = build_meta(

@@ -152,6 +152,16 @@ def rejects_of(dataset: Any, path_column: str = "path") -> list[Reject]:
             if code]
 
 
+def too_few_usable(where: str, kept: int, total: int, rejects: Sequence[Reject]) -> PrepareError:
+    """The error when fewer than 2 utterances are left (one is needed for training, one for validation).
+    Nothing is written then, so the message itself gives the reject counts and the first reasons."""
+    counts = dict(Counter(r.code for r in rejects))
+    first = "; ".join(r.reason for r in sorted(rejects, key=lambda r: r.line)[:3])
+    more = "; ..." if len(rejects) > 3 else ""
+    return PrepareError(f"{where}: only {kept} usable utterance(s) of {total} left, at least 2 are needed "
+                        f"(rejected: {counts}: {first}{more}); fix or replace those files")
+
+
 def kept_indices(dataset: Any) -> list[int]:
     return [i for i, code in enumerate(dataset["reject_code"]) if not code]
 

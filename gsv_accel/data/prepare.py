@@ -34,10 +34,11 @@ attention mask (its positional convolution sees zeros beyond the end either way,
 encoder zeroes padded frames). Batched features therefore equal one-by-one features up to float
 rounding (tested). Batches are formed from length-sorted items to keep padding small.
 
-Bad input never stops the job: every rejected line is written with its reason to `rejected.tsv` in
-the output folder and counted on stdout (see `REJECT_CODES`). Only when nothing usable is left does
-the job fail. The dataset is built in a temporary folder next to the output and renamed into place
-when complete; an existing output is replaced only then, so an interrupted run leaves the previous
+A broken line never stops the job: every rejected line is written with its reason to `rejected.tsv` in
+the output folder and counted on stdout (see `REJECT_CODES`). Only when fewer than two usable lines
+are left does the job fail (a user error: one message with the first reasons, nothing written).
+The dataset is built in a temporary folder next to the output and renamed into place when
+complete; an existing output is replaced only then, so an interrupted run leaves the previous
 dataset intact (a run killed exactly between the two renames leaves it as `.<name>.old-*`, which
 the next run restores). Run one job per output folder at a time: a new run removes temporary
 folders that an earlier, interrupted one left beside the output.
@@ -66,7 +67,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ from .listfile import (
     read_rejected,
     rejects_of,
     report,
+    too_few_usable,
     write_rejected,
 )
 from .model_stages import (
@@ -215,9 +216,8 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
                     writer_batch_size=64, **options("audio", "entry", "text", "audio"))
         rejects.extend(rejects_of(ds))
         good = kept_indices(ds)
-        if not good:
-            raise PrepareError(f"{list_path}: nothing usable is left: all {total} line(s) were rejected "
-                               f"({dict(Counter(r.code for r in rejects))}; see the reasons above)")
+        if len(good) < 2:
+            raise too_few_usable(f"--list {list_path}", len(good), total, rejects)
         # HuBERT (+ S2) in length-sorted batches: little padding, and padding never changes results.
         lengths = list(ds["num_samples"])
         ds = ds.select(sorted(good, key=lambda i: lengths[i]), keep_in_memory=True)
@@ -236,7 +236,10 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
             ds = ds.map(bert, writer_batch_size=64, **options("BERT", *model_stages, "bert"))
         rejects.extend(rejects_of(ds))
         lines = list(ds["line"])
-        ds = ds.select(sorted(kept_indices(ds), key=lambda i: lines[i]), keep_in_memory=True)
+        kept = kept_indices(ds)
+        if len(kept) < 2:
+            raise too_few_usable(f"--list {list_path}", len(kept), total, rejects)
+        ds = ds.select(sorted(kept, key=lambda i: lines[i]), keep_in_memory=True)
         ds = ds.select_columns([c for c in SAVED_COLUMNS if c in ds.column_names])
         meta = build_meta(
             source={"kind": "list", "path": str(list_path)}, spec_cfg=spec_cfg, version=version,

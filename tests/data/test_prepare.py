@@ -347,7 +347,7 @@ def test_broken_entries_are_rejected_with_reasons_and_good_ones_kept(tmp_path, m
 def test_nothing_usable_fails_clearly(tmp_path, models):
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 20)
     list_path = write_corpus(tmp_path, ["corrupt.wav|spk|en|Hello there.", "missing_b.wav|spk|xx|Hi."])
-    with pytest.raises(prep.PrepareError, match="nothing usable"):
+    with pytest.raises(prep.PrepareError, match=r"only 0 usable utterance\(s\) of 2 .*unreadable.*corrupt"):
         prep.prepare(list_path, tmp_path / "out", models["hubert"])
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.*"))

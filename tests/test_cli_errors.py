@@ -78,6 +78,9 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     a["bad_manifest"] = root / "bad_manifest"
     a["bad_manifest"].mkdir()
     (a["bad_manifest"] / "manifest.json").write_text("{not json")
+    a["number_manifest"] = root / "number_manifest"
+    a["number_manifest"].mkdir()
+    (a["number_manifest"] / "manifest.json").write_text("5")
     # Model folders of the wrong kind.
     a["hubert_no_config"] = root / "hubert_no_config"
     shutil.copytree(TINY_HUBERT, a["hubert_no_config"])
@@ -186,6 +189,8 @@ CASES = [
          _names("@not_checkpoint", "manifest.json", "not a gsv_accel checkpoint")),
     Case("inspect-unreadable-manifest", _inspect("@bad_manifest"),
          _names("manifest.json", "unreadable manifest")),
+    Case("inspect-manifest-not-an-object", _inspect("@number_manifest"),
+         _names("@number_manifest", "malformed manifest")),
     # ---------------------------------------------------------------- prepare: the list
     Case("list-missing", _prepare(list_path=REPO / "no_such.list"),
          _names("--list", "no_such.list", "not found")),

@@ -5,8 +5,22 @@ argparse sub-parser collection, adds one parser and sets its `run` default to a 
 parsed arguments and returning an exit code. To add a subcommand (e.g. `prepare`, `import-gsv`),
 write such a function and append it to `SUBCOMMANDS`.
 
-Errors meant for the user (`GSVFormatError` and its subclasses, missing files) are printed as one
-message on stderr, without a traceback, and give exit code 1.
+Exit codes (the same convention as the recipes, `gsv_accel.lifecycle`):
+
+* 0: done (`prepare`/`import-gsv`: the dataset is written or already up to date; `inspect`: the
+  report is printed);
+* 1: `inspect` of a gsv_accel checkpoint folder that fails verification (a file missing, truncated or
+  not matching its sha256): the report is printed with `status: BROKEN` and the problem. This is a
+  result, not a usage error;
+* 2 (`EXIT_CODE_USER_ERROR`): bad input: a path that does not exist or is of the wrong kind, a file
+  that is not what the option needs (a model folder, a weight file, an official experiment folder),
+  a weight file that cannot be read safely (an unsafe pickle is refused, naming the global), a `.list`
+  with no usable line, an `--out` that is not a dataset folder. Exactly one line goes to stderr,
+  `gsv-accel <command>: error: <message>`, naming the file (and line or key) and what to do; no
+  traceback, and nothing is written (the dataset is built in a temporary folder beside `--out` and
+  only renamed into place when complete). argparse's own usage errors also exit 2.
+
+Anything else (a bug, a full disk) ends with Python's traceback and exit code 1.
 """
 
 from __future__ import annotations
@@ -19,9 +33,23 @@ from pathlib import Path
 from typing import Any
 
 from gsv_accel import __version__
+from gsv_accel.lifecycle import EXIT_CODE_USER_ERROR
 
 EXIT_OK = 0
-EXIT_ERROR = 1
+# `inspect` of a checkpoint folder that fails verification (the report is printed).
+EXIT_CHECKPOINT_BROKEN = 1
+EXIT_ERROR = EXIT_CHECKPOINT_BROKEN  # the former name
+EXIT_USER_ERROR = EXIT_CODE_USER_ERROR
+
+
+class UsageError(Exception):
+    """Bad input found by the command line itself; the message names the path and what to do."""
+
+
+def one_line(err: BaseException | str) -> str:
+    """A message on one line (library messages sometimes span several); the same as
+    `gsv_accel.session.one_line`, which is not imported here (session imports Accelerate)."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,7 +78,7 @@ def format_inspect(summary: dict[str, Any]) -> str:
     lines.append(f"header:      {summary['header'] if summary['header'] else 'none (plain zip)'}")
     for key in ("info", "epoch", "iteration", "step", "learning_rate", "lora_rank"):
         if summary.get(key) is not None:
-            lines.append(f"{key + ':':<13}{summary[key]}")
+            lines.append(f"{_label(key, 13)}{summary[key]}")
     if summary["has_optimizer_state"]:
         lines.append("optimizer:   state included")
     total = summary["num_parameters"]
@@ -71,50 +99,87 @@ def format_inspect(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+INSPECT_WHAT = "give a GPT-SoVITS .pth/.ckpt weight file or a gsv_accel checkpoint folder"
+
+
 def inspect_path(path: str) -> dict[str, Any]:
     """Analysis behind `gsv-accel inspect`: a plain-data summary (no printing).
 
     A GPT-SoVITS weight file, or a gsv_accel checkpoint folder (its manifest, hashes verified).
+    Raises `UsageError` for a missing path or a folder that is not a checkpoint, `GSVFormatError`
+    for a file that is not a (safe) GPT-SoVITS weight file, `CheckpointError` for an unreadable manifest.
     """
-    from gsv_accel.formats import summarize
+    from gsv_accel.formats import GSVFormatError, UnsafeFileError, summarize
 
-    if Path(path).is_dir():
-        return inspect_checkpoint(Path(path))
-    return summarize(path)
+    target = Path(path)
+    if not target.exists():
+        raise UsageError(f"{path}: not found; {INSPECT_WHAT}")
+    if target.is_dir():
+        return inspect_checkpoint(target)
+    try:
+        return summarize(path)
+    except UnsafeFileError:
+        raise
+    except GSVFormatError as err:
+        raise GSVFormatError(f"{one_line(err)}; {INSPECT_WHAT}") from err
 
 
 def inspect_checkpoint(folder: Path) -> dict[str, Any]:
     """A checkpoint folder's manifest, with every file checked against its recorded sha256."""
-    from gsv_accel.checkpoint import CheckpointError, read_manifest, verify_checkpoint
+    from gsv_accel.checkpoint import MANIFEST_NAME, CheckpointError, read_manifest, verify_checkpoint
 
-    manifest = read_manifest(folder)
+    if not (folder / MANIFEST_NAME).is_file():
+        raise UsageError(f"{folder}: a folder without {MANIFEST_NAME}, so not a gsv_accel checkpoint (or one "
+                         f"whose save never completed); {INSPECT_WHAT} such as "
+                         "<run>/checkpoints/<step folder>")
+    try:
+        manifest = read_manifest(folder)
+        if not isinstance(manifest, dict):
+            raise TypeError(f"a JSON {type(manifest).__name__}, not an object")
+    except TypeError as err:  # valid JSON of another shape (checkpoint.read_manifest expects an object)
+        raise CheckpointError(f"{folder / MANIFEST_NAME}: malformed manifest ({err})") from err
     try:
         verify_checkpoint(folder, hashes=True)
         problem = None
     except CheckpointError as err:
-        problem = str(err)
+        problem = one_line(err)
+    try:
+        files = {name: int(entry["bytes"]) for name, entry in manifest["files"].items()}
+        extra = dict(manifest.get("extra") or {})
+        metrics = dict(manifest.get("metrics") or {})
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / MANIFEST_NAME}: malformed manifest ({type(err).__name__}: "
+                              f"{err}); the checkpoint cannot be described") from err
     return {"kind": "gsv_accel checkpoint", "path": str(folder), "valid": problem is None,
             "problem": problem, "step": manifest["step"], "epoch": manifest["epoch"],
-            "metrics": manifest.get("metrics", {}), "world_size": manifest.get("world_size"),
+            "metrics": metrics, "world_size": manifest.get("world_size"),
             "created": manifest.get("created"), "versions": manifest.get("versions", {}),
             "config_fingerprint": manifest.get("config_fingerprint"),
-            "extra": manifest.get("extra", {}),
-            "files": {name: entry["bytes"] for name, entry in manifest["files"].items()}}
+            "extra": extra, "files": files}
+
+
+def _label(key: str, width: int) -> str:
+    """`key:` padded to `width` columns, and always followed by at least one space."""
+    return f"{key + ':':<{max(width, len(key) + 2)}}"
 
 
 def format_checkpoint(summary: dict[str, Any]) -> str:
-    lines = [f"checkpoint:  {summary['path']}",
-             f"status:      {'complete, every file matches its sha256' if summary['valid'] else 'BROKEN'}"]
+    # The label column fits the longest key (manifest `extra` keys such as wandb_run_id are longer
+    # than the fixed labels).
+    width = max([13] + [len(str(key)) + 2 for key in summary["extra"]])
+    status = "complete, every file matches its sha256" if summary["valid"] else "BROKEN"
+    rows = [("checkpoint", summary["path"]), ("status", status)]
     if summary["problem"]:
-        lines.append(f"problem:     {summary['problem']}")
-    lines += [f"step:        {summary['step']}", f"epoch:       {summary['epoch']}",
-              f"processes:   {summary['world_size']}", f"created:     {summary['created']}"]
+        rows.append(("problem", summary["problem"]))
+    rows += [("step", summary["step"]), ("epoch", summary["epoch"]), ("processes", summary["world_size"]),
+             ("created", summary["created"])]
     for key, value in summary["metrics"].items():
-        lines.append(f"metric:      {key} = {value:.6g}")
-    for key, value in summary["extra"].items():
-        lines.append(f"{key + ':':<13}{value}")
-    lines.append("versions:    " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()))
-    lines.append(f"files:       {len(summary['files'])} ({sum(summary['files'].values()) / 1e6:.1f} MB)")
+        shown = f"{value:.6g}" if isinstance(value, (int, float)) else value
+        rows.append(("metric", f"{key} = {shown}"))
+    rows += [(str(key), value) for key, value in summary["extra"].items()]
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in summary["versions"].items())))
+    rows.append(("files", f"{len(summary['files'])} ({sum(summary['files'].values()) / 1e6:.1f} MB)"))
+    lines = [f"{_label(key, width)}{value}" for key, value in rows]
     for name, size in summary["files"].items():
         lines.append(f"  {name:<32}{size:>12,d} bytes")
     return "\n".join(lines)
@@ -127,7 +192,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_checkpoint(summary) if is_checkpoint else format_inspect(summary))
-    return EXIT_ERROR if is_checkpoint and not summary["valid"] else EXIT_OK
+    return EXIT_CHECKPOINT_BROKEN if is_checkpoint and not summary["valid"] else EXIT_OK
 
 
 def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
@@ -180,20 +245,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (exit 2, one line on stderr): the library's own classes
+    (their messages name the file and the problem) and the file-system errors a wrong path gives."""
+    from gsv_accel.checkpoint import CheckpointError
+    from gsv_accel.config import ConfigError
+    from gsv_accel.data.dataset import DatasetCompatibilityError
+    from gsv_accel.data.listfile import PrepareError
+    from gsv_accel.formats import GSVFormatError
+    from gsv_accel.models.sv import SpeakerCheckpointError
+
+    return (UsageError, PrepareError, GSVFormatError, CheckpointError, DatasetCompatibilityError,
+            SpeakerCheckpointError, ConfigError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, FileExistsError)
+
+
+def _os_error_message(err: OSError) -> str:
+    if err.filename is None or not err.strerror:
+        return one_line(err)
+    return f"{err.filename}: {err.strerror}; check the path"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from gsv_accel.checkpoint import CheckpointError
-    from gsv_accel.formats import GSVFormatError
-
+    errors = user_errors()
     try:
         return int(args.run(args))
-    except (GSVFormatError, CheckpointError) as err:
-        print(f"gsv-accel {args.command}: error: {err}", file=sys.stderr)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        where = f": {err.filename}" if getattr(err, "filename", None) else ""
-        print(f"gsv-accel {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
-    return EXIT_ERROR
+    except errors as err:
+        message = _os_error_message(err) if isinstance(err, OSError) else one_line(err)
+        print(f"gsv-accel {args.command}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

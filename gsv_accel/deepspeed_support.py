@@ -40,6 +40,30 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
 
 
+class _NoCPUFallbackWarning(logging.Filter):
+    """Drops DeepSpeed's "Setting accelerator to CPU. If you have GPU or other accelerator, we were
+    unable to detect it." when DeepSpeed is not requested.
+
+    Accelerate imports DeepSpeed whenever it is installed, DeepSpeed run or not: `unwrap_model` (through
+    `extract_model_from_parallel`) imports `deepspeed.DeepSpeedEngine`, which every run reaches when it
+    saves or exports weights. On a machine without CUDA, importing DeepSpeed makes its accelerator
+    detection log that warning, on stdout, once per process: noise in every plain CPU run and test.
+    This filter on DeepSpeed's own logger is the narrowest fix: nothing changes in the environment
+    (setting `DS_ACCELERATOR=cpu` would reach child processes and DeepSpeed runs alike) and nothing
+    is imported earlier or later; under a DeepSpeed launch (ACCELERATE_USE_DEEPSPEED set) the message
+    is kept, since there it tells that DeepSpeed will train on the CPU (`DS_ACCELERATOR=cpu`, as the
+    CPU recipes set, silences it there).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return deepspeed_requested() or not str(record.msg).startswith("Setting accelerator to CPU.")
+
+
+# DeepSpeed's logger is a plain `logging` logger named "DeepSpeed" (its own handler, no propagation);
+# a filter added before DeepSpeed is imported stays when DeepSpeed configures it.
+logging.getLogger("DeepSpeed").addFilter(_NoCPUFallbackWarning())
+
+
 def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 

@@ -100,7 +100,7 @@ def test_inspect_as_a_module_subprocess(reference_file):
 
 def test_inspect_refuses_unsafe_file_without_traceback(unsafe_file, capsys):
     path, marker = unsafe_file
-    assert main(["inspect", str(path)]) != 0
+    assert main(["inspect", str(path)]) == 2
     captured = capsys.readouterr()
     assert "refusing to load model.pth" in captured.err
     assert "os.system" in captured.err
@@ -112,7 +112,7 @@ def test_inspect_unsafe_file_subprocess(unsafe_file):
     path, marker = unsafe_file
     result = subprocess.run([sys.executable, "-m", "gsv_accel.cli", "inspect", str(path)],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "os.system" in result.stderr and "could run code" in result.stderr
     assert "Traceback" not in result.stderr
     assert not marker.exists()
@@ -141,12 +141,13 @@ def test_inspect_shows_the_version_of_pro_exports(reference_file, capsys, name, 
 
 
 def test_inspect_missing_and_broken_files(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nope.pth")]) == 1
+    # Bad input: EXIT_CODE_USER_ERROR (see tests/test_cli_errors.py for every case).
+    assert main(["inspect", str(tmp_path / "nope.pth")]) == 2
     err = capsys.readouterr().err
     assert "nope.pth" in err and "Traceback" not in err
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
-    assert main(["inspect", str(broken)]) == 1
+    assert main(["inspect", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "broken.pth" in err and "Traceback" not in err
 

@@ -61,3 +61,29 @@ def test_accumulation_set_in_the_deepspeed_config_must_come_from_the_recipe() ->
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=4: set train.grad_accum=4 instead"):
         configure_plugins(accelerator, micro_batch_size=2, grad_clip=None, grad_accum=1)
     configure_plugins(accelerator, micro_batch_size=2, grad_clip=None, grad_accum=4)  # agreeing is fine
+
+
+def test_deepspeed_cpu_fallback_warning_only_when_deepspeed_is_requested(monkeypatch) -> None:
+    """Accelerate's unwrap_model imports DeepSpeed in every run; its "Setting accelerator to CPU"
+    warning is dropped unless DeepSpeed was asked for (the filter `deepspeed_support` installs)."""
+    import logging
+
+    import gsv_accel.deepspeed_support  # noqa: F401  (installs the filter)
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("DeepSpeed")
+    logger.addHandler(handler)
+    try:
+        message = ("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to "
+                   "detect it.")
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+        logger.warning(message)
+        logger.warning("another DeepSpeed warning")
+        assert seen == ["another DeepSpeed warning"]
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        logger.warning(message)
+        assert seen[-1] == message
+    finally:
+        logger.removeHandler(handler)

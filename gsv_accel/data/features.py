@@ -101,7 +101,7 @@ def sv_input(wav: np.ndarray) -> np.ndarray:
 def check_waveform(audio: np.ndarray, line: int, where: str) -> tuple[str, str, float]:
     """(reject code, reason, peak) for a 32 kHz waveform; code "" when usable."""
     if audio.size == 0:
-        return "empty", f"line {line}: {where} has no samples", 0.0
+        return "empty", f"line {line}: {where} is empty: it holds no audio samples", 0.0
     if not np.isfinite(audio).all():
         return "unreadable", f"line {line}: {where} has NaN or infinite samples", 0.0
     peak = float(np.abs(audio).max())
@@ -117,6 +117,19 @@ def check_waveform(audio: np.ndarray, line: int, where: str) -> tuple[str, str, 
     return "", "", peak
 
 
+def empty_file(file: Path) -> bool:
+    """A 0-byte file: empty rather than unreadable (no audio reader can open it; FLAC encoders even
+    write 0 bytes for 0 samples). A header with 0 samples reads as no samples (`check_waveform`)."""
+    try:
+        return file.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def empty_file_reason(line: int, file: Path) -> str:
+    return f"line {line}: {file} is empty: 0 bytes, no audio samples"
+
+
 def audio_features(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """Official int16 waveform, HuBERT input and length of one row (a `datasets.map` function);
     `spec`: the `SpectrogramConfig` fields (plain data, so that the function can be hashed)."""
@@ -128,6 +141,9 @@ def audio_features(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     file = Path(row["file"])
     if not file.exists():
         out.update(reject_code="missing", reject_reason=f"line {row['line']}: audio file {file} not found")
+        return out
+    if empty_file(file):
+        out.update(reject_code="empty", reject_reason=empty_file_reason(row["line"], file))
         return out
     try:
         audio = load_audio(file, SAMPLING_RATE)

@@ -29,7 +29,6 @@ import argparse
 import ast
 import os
 import pickle
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,17 @@ import torch
 from .. import __version__
 from ..audio import SpectrogramConfig
 from .dataset import spectrogram_frames
-from .features import PIPELINE_VERSION, SAMPLING_RATE, SAVED_COLUMNS, check_waveform, stage_features
+from .features import (
+    PIPELINE_VERSION,
+    SAMPLING_RATE,
+    SAVED_COLUMNS,
+    check_waveform,
+    empty_file,
+    empty_file_reason,
+    stage_features,
+)
 from .fingerprint import stable_hash, symbol_table_info, tree_stamp
-from .listfile import PrepareError, Reject, kept_indices, rejects_of
+from .listfile import PrepareError, Reject, kept_indices, rejects_of, too_few_usable
 from .writer import DatasetWriter, PrepareResult, build_meta
 
 # Official semantic files start with this header line.
@@ -54,10 +61,24 @@ MAX_SSL_FRAME_MISMATCH = 3
 MAX_SEMANTIC_MISMATCH = 2
 
 
+EXP_WHAT = "give an official GPT-SoVITS experiment folder (logs/<exp>, after its data preparation)"
+
+
 def _part_files(exp_dir: Path, merged: str, pattern: str) -> list[Path]:
     if (exp_dir / merged).is_file():
         return [exp_dir / merged]
-    return sorted(exp_dir.glob(pattern))
+    return sorted(p for p in exp_dir.glob(pattern) if p.is_file())
+
+
+def _read_text(file: Path, what: str) -> str:
+    """A UTF-8 text file of the input; unreadable or not UTF-8 is a user error naming the file."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PrepareError(f"{what} {file}: not UTF-8 text ({err.reason} at byte {err.start}); give the "
+                           "file as GPT-SoVITS wrote it") from err
+    except OSError as err:
+        raise PrepareError(f"{what} {file}: cannot be read ({err.strerror or err})") from err
 
 
 def parse_name2text(files: list[Path], version: str) -> tuple[list[dict[str, Any]], list[Reject]]:
@@ -69,7 +90,7 @@ def parse_name2text(files: list[Path], version: str) -> tuple[list[dict[str, Any
     seen: set[str] = set()
     line_base = 0
     for file in files:
-        lines = file.read_text(encoding="utf-8").split("\n")
+        lines = _read_text(file, "--exp-dir").split("\n")
         for offset, line in enumerate(lines, start=1):
             number = line_base + offset
             if not line.strip():
@@ -115,7 +136,7 @@ def parse_semantic(files: list[Path]) -> dict[str, list[int]] | None:
         return None
     codes: dict[str, list[int]] = {}
     for file in files:
-        for offset, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):
+        for offset, line in enumerate(_read_text(file, "--exp-dir").split("\n"), start=1):
             fields = line.rstrip("\r").split("\t")
             if not line.strip() or fields[0] == SEMANTIC_HEADER:
                 continue
@@ -133,7 +154,7 @@ def read_speakers(list_path: Path) -> dict[str, tuple[str, str]]:
     from ..text import TextFrontendError, normalize_language
 
     out = {}
-    for line in list_path.read_text(encoding="utf-8").splitlines():
+    for line in _read_text(list_path, "--list").splitlines():
         fields = line.split("|")
         if len(fields) == 4:
             try:
@@ -174,6 +195,9 @@ def official_row_features(row: dict[str, Any], exp_dir: str, spec: dict[str, Any
     wav_path = folder / "5-wav32k" / name
     if not wav_path.is_file():
         return reject("missing", f"{wav_path} not found")
+    if empty_file(wav_path):
+        out.update(reject_code="empty", reject_reason=empty_file_reason(line, wav_path))
+        return out
     try:
         wav, rate = soundfile.read(str(wav_path), dtype="int16", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as err:
@@ -281,24 +305,37 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
     list_file = Path(list_path) if list_path else None
     val_path = Path(val_list) if val_list else None
     spec_cfg = spectrogram_config or SpectrogramConfig()
+    if not exp_dir.exists():
+        raise PrepareError(f"--exp-dir {exp_dir}: not found; {EXP_WHAT}")
+    if not exp_dir.is_dir():
+        raise PrepareError(f"--exp-dir {exp_dir} is a file; {EXP_WHAT}")
     text_files = _part_files(exp_dir, "2-name2text.txt", "2-name2text-*.txt")
     if not text_files:
-        raise PrepareError(f"{exp_dir}: no 2-name2text.txt; is this an official GPT-SoVITS experiment folder "
-                           "(logs/<exp>)?")
+        raise PrepareError(f"--exp-dir {exp_dir}: no 2-name2text.txt, so not an official experiment folder "
+                           f"(or its text step was not run); {EXP_WHAT}")
     for sub in ("4-cnhubert", "5-wav32k"):
         if not (exp_dir / sub).is_dir():
-            raise PrepareError(f"{exp_dir}: the folder {sub} is missing (run the official feature "
-                               "extraction)")
+            raise PrepareError(f"--exp-dir {exp_dir}: the folder {sub} is missing; run the official dataset "
+                               "formatting (WebUI step 1A) first")
     if val_path is None and not 0 < val_fraction < 1:
         raise PrepareError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    for flag, path in (("--list", list_file), ("--val-list", val_path)):
+    for flag, path, what in (("--list", list_file, "the original .list file (wav_path|speaker|lang|text)"),
+                             ("--val-list", val_path, "a text file naming the validation utterances")):
+        if path is not None and not path.exists():
+            raise PrepareError(f"{flag} {path}: not found; give {what}")
         if path is not None and not path.is_file():
-            raise PrepareError(f"{flag} {path}: not found")
+            raise PrepareError(f"{flag} {path} is a folder; give {what}")
 
     writer = DatasetWriter(out_dir, val_fraction=val_fraction, val_list=val_path, seed=seed,
                            command="import-gsv")
     entries, rejects = parse_name2text(text_files, version)
     total = len(entries) + len(rejects)
+    if not entries:
+        first = "; ".join(r.reason for r in rejects[:3]) or "the file has no lines"
+        raise PrepareError(f"--exp-dir {exp_dir}: no usable line in {', '.join(f.name for f in text_files)} "
+                           f"({first}{'; ...' if len(rejects) > 3 else ''}); each line must be "
+                           "name<TAB>phones<TAB>word2ph<TAB>text as the official 1-get-text.py writes it")
+    writer.check_val_list([e["name"] for e in entries])
     semantic_files = _part_files(exp_dir, "6-name2semantic.tsv", "6-name2semantic-*.tsv")
     features_fp = stable_hash({
         "pipeline": PIPELINE_VERSION, "gsv_accel": __version__, "import": True,
@@ -311,8 +348,6 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
         reused = writer.reuse(total, features_fp)
         if reused is not None:
             return reused
-    if not entries:
-        raise PrepareError(f"{exp_dir}: no usable line in {', '.join(f.name for f in text_files)}")
     semantic = parse_semantic(semantic_files)
     sv = (exp_dir / "7-sv_cn").is_dir()
     speakers = read_speakers(list_file) if list_file else {}
@@ -348,8 +383,7 @@ def import_gsv(exp_dir: str | Path, out_dir: str | Path, *, list_path: str | Pat
         rejects.extend(rejects_of(ds, path_column="name"))
         good = kept_indices(ds)
         if len(good) < 2:
-            raise PrepareError(f"{exp_dir}: only {len(good)} usable utterance(s) of {total}; at least 2 are "
-                               f"needed (reasons: {dict(Counter(r.code for r in rejects))})")
+            raise too_few_usable(f"--exp-dir {exp_dir}", len(good), total, rejects)
         ds = ds.select(good, keep_in_memory=True)
         ds = ds.select_columns([c for c in SAVED_COLUMNS if c in ds.column_names])
         meta = build_meta(
@@ -383,12 +417,10 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def run_import(args: argparse.Namespace) -> int:
-    try:
-        import_gsv(args.exp_dir, args.out, list_path=args.list, version=args.version,
-                   hubert_name=args.hubert_name, val_fraction=args.val_fraction, val_list=args.val_list,
-                   seed=args.seed, num_proc=args.num_proc, force=args.force)
-    except PrepareError as err:
-        print(f"gsv-accel import-gsv: error: {err}", file=sys.stderr)
-        return 1
+    """`gsv-accel import-gsv`; `PrepareError` (bad input) propagates to `gsv_accel.cli.main`, which
+    prints it on one line and exits with `EXIT_CODE_USER_ERROR`."""
+    import_gsv(args.exp_dir, args.out, list_path=args.list, version=args.version,
+               hubert_name=args.hubert_name, val_fraction=args.val_fraction, val_list=args.val_list,
+               seed=args.seed, num_proc=args.num_proc, force=args.force)
     return 0
 

@@ -31,7 +31,7 @@ REJECT_CODES = {
     "unknown_phones": "phones outside the symbol table",
     "missing": "audio file not found",
     "unreadable": "file cannot be read (safely), or is corrupt",
-    "empty": "audio has no samples",
+    "empty": "audio file is empty (0 bytes, or no samples)",
     "silent": "audio is silent",
     "too_short": f"audio not longer than {MIN_DURATION} s",
     "too_long": f"audio not shorter than {MAX_DURATION} s",
@@ -63,7 +63,8 @@ def parse_list(list_path: Path) -> tuple[list[dict[str, Any]], list[Reject]]:
     try:
         raw = list_path.read_bytes()
     except OSError as err:
-        raise PrepareError(f"cannot read the list file {list_path}: {err.strerror or err}") from err
+        raise PrepareError(f"--list {list_path}: cannot be read ({err.strerror or err}); check the path and "
+                           "its permissions") from err
     base = list_path.parent
     entries: list[dict[str, Any]] = []
     rejects: list[Reject] = []
@@ -149,6 +150,16 @@ def rejects_of(dataset: Any, path_column: str = "path") -> list[Reject]:
     return [Reject(line, path, code, reason) for line, path, code, reason in
             zip(table["line"], table[path_column], table["reject_code"], table["reject_reason"], strict=True)
             if code]
+
+
+def too_few_usable(where: str, kept: int, total: int, rejects: Sequence[Reject]) -> PrepareError:
+    """The error when fewer than 2 utterances are left (one is needed for training, one for validation).
+    Nothing is written then, so the message itself gives the reject counts and the first reasons."""
+    counts = dict(Counter(r.code for r in rejects))
+    first = "; ".join(r.reason for r in sorted(rejects, key=lambda r: r.line)[:3])
+    more = "; ..." if len(rejects) > 3 else ""
+    return PrepareError(f"{where}: only {kept} usable utterance(s) of {total} left, at least 2 are needed "
+                        f"(rejected: {counts}: {first}{more}); fix or replace those files")
 
 
 def kept_indices(dataset: Any) -> list[int]:

@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,44 @@ from .listfile import PrepareError
 BERT_LAYER = -3
 
 
+def _one_line(err: BaseException) -> str:
+    """The message on one line; of torch's long weights-only refusal, only the unpickler's reason (the
+    rest advises `weights_only=False`, which is exactly what must not be done with an unknown file)."""
+    text = str(err)
+    begin = text.find("Weights only load failed")
+    if begin >= 0:
+        reason_at = max(text.rfind(marker, begin) + len(marker) if marker in text[begin:] else begin
+                        for marker in ("trusted source.", "WeightsUnpickler error:"))
+        end = text.find("Check the documentation", reason_at)
+        reason = text[reason_at:end if end >= 0 else len(text)].strip()
+        prefix = text[:begin]
+        text = (prefix + "refused by torch.load(weights_only=True): " + reason
+                + ")" * max(0, prefix.count("(") - prefix.count(")")))
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No transformers "Loading weights" progress bar while a local model loads: it takes a moment,
+    and a model that fails to load must leave only the one-line error on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a broken model folder raises (safetensors' own error is not an OSError)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, SafetensorError)
+
+
 # --------------------------------------------------------------------------- HuBERT
 
 
@@ -36,9 +75,11 @@ def load_hubert(hubert_dir: Path, device: torch.device) -> Any:
         raise PrepareError(f"--hubert {hubert_dir}: no config.json there; give the folder of a HuBERT "
                            "model saved with save_pretrained (e.g. chinese-hubert-base)")
     try:
-        model = HubertModel.from_pretrained(str(hubert_dir), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise PrepareError(f"cannot load the HuBERT model from {hubert_dir}: {err}") from err
+        with quiet_loading():
+            model = HubertModel.from_pretrained(str(hubert_dir), local_files_only=True)
+    except _load_errors() as err:
+        raise PrepareError(f"--hubert {hubert_dir}: cannot load the HuBERT model ({_one_line(err)}); give "
+                           "the folder of a HuBERT model saved with save_pretrained") from err
     stride = int(np.prod(model.config.conv_stride))
     if SSL_SAMPLING_RATE % stride or SSL_SAMPLING_RATE // stride != 50:
         raise PrepareError(f"HuBERT model {hubert_dir} has a total stride of {stride} samples: "
@@ -125,8 +166,9 @@ def load_s2_model(path: Path, ssl_dim: int, device: torch.device) -> Any:
                                f"but the HuBERT model gives {ssl_dim}")
         model = SynthesizerTrn(config)
         load_weights_into(model, gsv)
-    except (GSVFormatError, ValueError, OSError) as err:
-        raise PrepareError(f"cannot load the S2 model {path}: {err}") from err
+    except (GSVFormatError, ValueError, OSError, KeyError, TypeError) as err:
+        raise PrepareError(f"--s2-pretrained {path}: cannot load it as an S2 model ({_one_line(err)}); give "
+                           "an S2 (SoVITS) weight file such as s2G2333k.pth") from err
     inited = [v for k, v in model.state_dict().items() if k.endswith("_codebook.inited")]
     if not inited or not all(bool((v > 0).all()) for v in inited):
         raise PrepareError(f"--s2-pretrained {path}: its quantizer codebook is not initialised, so its "
@@ -183,10 +225,12 @@ class BertStage:
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(bert_dir), local_files_only=True)
-            self.model = AutoModelForMaskedLM.from_pretrained(str(bert_dir), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise PrepareError(f"cannot load the BERT model from {bert_dir}: {err}") from err
+            with quiet_loading():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(bert_dir), local_files_only=True)
+                self.model = AutoModelForMaskedLM.from_pretrained(str(bert_dir), local_files_only=True)
+        except _load_errors() as err:
+            raise PrepareError(f"--bert {bert_dir}: cannot load the BERT model ({_one_line(err)}); give the "
+                               "folder of a BERT model saved with save_pretrained") from err
         self.model.eval().to(device)
         self.device = device
         self.hidden_size = int(self.model.config.hidden_size)
@@ -226,8 +270,9 @@ def load_sv_model(path: Path, device: torch.device) -> Any:
     try:
         return SpeakerEncoder.from_pretrained(path, device=device)
     except (ValueError, OSError) as err:  # SpeakerCheckpointError is a ValueError
-        raise PrepareError(f"cannot load the speaker-verification model {path} (--sv: an ERes2NetV2 "
-                           f"checkpoint such as pretrained_eres2netv2w24s4ep4.ckpt): {err}") from err
+        raise PrepareError(f"--sv {path}: cannot load the speaker-verification model ({_one_line(err)}); "
+                           "give an ERes2NetV2 checkpoint such as pretrained_eres2netv2w24s4ep4.ckpt"
+                           ) from err
 
 
 class SVStage:

@@ -34,10 +34,11 @@ attention mask (its positional convolution sees zeros beyond the end either way,
 encoder zeroes padded frames). Batched features therefore equal one-by-one features up to float
 rounding (tested). Batches are formed from length-sorted items to keep padding small.
 
-Bad input never stops the job: every rejected line is written with its reason to `rejected.tsv` in
-the output folder and counted on stdout (see `REJECT_CODES`). Only when nothing usable is left does
-the job fail. The dataset is built in a temporary folder next to the output and renamed into place
-when complete; an existing output is replaced only then, so an interrupted run leaves the previous
+A broken line never stops the job: every rejected line is written with its reason to `rejected.tsv` in
+the output folder and counted on stdout (see `REJECT_CODES`). Only when fewer than two usable lines
+are left does the job fail (a user error: one message with the first reasons, nothing written).
+The dataset is built in a temporary folder next to the output and renamed into place when
+complete; an existing output is replaced only then, so an interrupted run leaves the previous
 dataset intact (a run killed exactly between the two renames leaves it as `.<name>.old-*`, which
 the next run restores). Run one job per output folder at a time: a new run removes temporary
 folders that an earlier, interrupted one left beside the output.
@@ -65,8 +66,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
-from collections import Counter
+import json
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ from .listfile import (
     read_rejected,
     rejects_of,
     report,
+    too_few_usable,
     write_rejected,
 )
 from .model_stages import (
@@ -138,7 +139,8 @@ __all__ = [
     "PIPELINE_VERSION", "REJECTED_FILE", "REJECT_CODES", "SAMPLING_RATE", "SAVED_COLUMNS", "SILENCE_PEAK",
     "SSL_SAMPLING_RATE", "WAV_INT16_SCALE", "BertStage", "DatasetWriter", "ModelStage", "PrepareError",
     "PrepareResult", "Reject", "add_prepare_arguments", "audio_features", "build_meta", "check_arguments",
-    "check_replaceable", "check_waveform", "file_stamp", "hubert_features", "hubert_input", "kept_indices",
+    "check_entries", "check_input_path", "check_replaceable", "check_waveform", "file_stamp",
+    "hubert_features", "hubert_input", "kept_indices",
     "load_hubert", "load_s2_model", "loudness_mix", "new_temp_dir", "official_int16", "parse_list",
     "prepare", "read_rejected", "read_val_list", "recover_interrupted", "rejects_of", "replace_dir",
     "report", "run_prepare", "save_dataset", "semantic_codes", "split_fingerprint", "split_names",
@@ -171,6 +173,9 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
 
     writer = DatasetWriter(out_dir, val_fraction=val_fraction, val_list=val_path, seed=seed)
     entries, rejects = parse_list(list_path)
+    check_entries(list_path, entries, rejects)
+    if val_path is not None:
+        writer.check_val_list([e["name"] for e in entries])
     total = len(entries) + len(rejects)
     inputs = {
         "pipeline": PIPELINE_VERSION, "gsv_accel": __version__, "symbols": symbol_table_info(version),
@@ -188,9 +193,6 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
         reused = writer.reuse(total, features_fp)
         if reused is not None:
             return reused
-    if not entries:
-        raise PrepareError(f"{list_path}: no usable line ({len(rejects)} rejected: "
-                           + "; ".join(r.reason for r in rejects[:3]) + ")")
 
     hubert = load_hubert(hubert_dir, torch.device(device))
     ssl_dim = int(hubert.config.hidden_size)
@@ -214,9 +216,8 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
                     writer_batch_size=64, **options("audio", "entry", "text", "audio"))
         rejects.extend(rejects_of(ds))
         good = kept_indices(ds)
-        if not good:
-            raise PrepareError(f"{list_path}: nothing usable is left: all {total} line(s) were rejected "
-                               f"({dict(Counter(r.code for r in rejects))}; see the reasons above)")
+        if len(good) < 2:
+            raise too_few_usable(f"--list {list_path}", len(good), total, rejects)
         # HuBERT (+ S2) in length-sorted batches: little padding, and padding never changes results.
         lengths = list(ds["num_samples"])
         ds = ds.select(sorted(good, key=lambda i: lengths[i]), keep_in_memory=True)
@@ -235,7 +236,10 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
             ds = ds.map(bert, writer_batch_size=64, **options("BERT", *model_stages, "bert"))
         rejects.extend(rejects_of(ds))
         lines = list(ds["line"])
-        ds = ds.select(sorted(kept_indices(ds), key=lambda i: lines[i]), keep_in_memory=True)
+        kept = kept_indices(ds)
+        if len(kept) < 2:
+            raise too_few_usable(f"--list {list_path}", len(kept), total, rejects)
+        ds = ds.select(sorted(kept, key=lambda i: lines[i]), keep_in_memory=True)
         ds = ds.select_columns([c for c in SAVED_COLUMNS if c in ds.column_names])
         meta = build_meta(
             source={"kind": "list", "path": str(list_path)}, spec_cfg=spec_cfg, version=version,
@@ -257,6 +261,8 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
 
 def check_arguments(spec_cfg: SpectrogramConfig, val_fraction: float, val_path: Path | None, batch_size: int,
                     num_proc: int, device: str, paths: dict[str, Path | None]) -> None:
+    """Settings and user-supplied paths, checked before anything is loaded or written: each path must
+    exist and be of the kind its option needs (see `check_input_path`)."""
     if spec_cfg.sampling_rate != SAMPLING_RATE:
         raise PrepareError(f"data.sampling_rate must be {SAMPLING_RATE} (the official 32 kHz pipeline), got "
                            f"{spec_cfg.sampling_rate}")
@@ -265,10 +271,85 @@ def check_arguments(spec_cfg: SpectrogramConfig, val_fraction: float, val_path: 
     if batch_size < 1 or num_proc < 1:
         raise PrepareError("--batch-size and --num-proc must be at least 1")
     for flag, path in dict(paths, **{"--val-list": val_path}).items():
-        if path is not None and not path.exists():
-            raise PrepareError(f"{flag} {path}: not found")
+        if path is not None:
+            check_input_path(flag, path)
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise PrepareError(f"--device {device}: CUDA is not available here; use --device cpu")
+
+
+# What each path option of `prepare` expects: (a file or a folder, what to give).
+INPUT_KINDS = {
+    "--list": ("file", "the GPT-SoVITS .list file itself (wav_path|speaker|lang|text lines)"),
+    "--val-list": ("file", "a text file naming the validation utterances, one per line"),
+    "--s2-pretrained": ("file", "an S2 weight file (.pth), e.g. s2G2333k.pth"),
+    "--sv": ("file", "the ERes2NetV2 checkpoint file itself, e.g. pretrained_eres2netv2w24s4ep4.ckpt"),
+    "--hubert": ("folder", "the folder of a HuBERT model saved with save_pretrained (e.g. "
+                           "chinese-hubert-base: config.json and the weights)"),
+    "--bert": ("folder", "the folder of a BERT model saved with save_pretrained (e.g. "
+                         "chinese-roberta-wwm-ext-large: config.json, tokenizer and weights)"),
+}
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def _read_model_config(flag: str, path: Path) -> dict[str, Any]:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise PrepareError(f"{flag} {path}: no config.json in this folder; give {INPUT_KINDS[flag][1]}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PrepareError(f"{flag} {config_path}: not a readable JSON model config ({err}); give "
+                           f"{INPUT_KINDS[flag][1]}") from err
+    if not isinstance(config, dict):
+        raise PrepareError(f"{flag} {config_path}: holds a {type(config).__name__}, not a model config")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise PrepareError(f"{flag} {path}: no weights (*.safetensors or *.bin) beside config.json; give "
+                           f"{INPUT_KINDS[flag][1]}")
+    return config
+
+
+def check_input_path(flag: str, path: Path) -> None:
+    """`path` exists and is of the kind `flag` needs (cheap checks; the loaders check the content)."""
+    kind, what = INPUT_KINDS[flag]
+    if not path.exists():
+        raise PrepareError(f"{flag} {path}: not found; give {what}")
+    if kind == "file" and not path.is_file():
+        raise PrepareError(f"{flag} {path} is a folder; give {what}")
+    if kind == "folder" and not path.is_dir():
+        raise PrepareError(f"{flag} {path} is a file; give {what}")
+    if flag == "--hubert":
+        config = _read_model_config(flag, path)
+        missing = [key for key in ("conv_stride", "conv_kernel", "hidden_size") if key not in config]
+        if missing:
+            raise PrepareError(f"{flag} {path / 'config.json'}: a {config.get('model_type', 'unknown')!r} "
+                               f"config without {', '.join(missing)}, not a HuBERT model; give {what}")
+    elif flag == "--bert":
+        config = _read_model_config(flag, path)
+        if "conv_stride" in config:
+            raise PrepareError(f"{flag} {path}: config.json describes an audio model "
+                               f"({config.get('model_type', 'unknown')!r}), not BERT; give {what}")
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise PrepareError(f"{flag} {path}: no tokenizer ({', '.join(TOKENIZER_FILES)}) in this folder; "
+                               f"give {what}")
+
+
+def check_entries(list_path: Path, entries: list[dict[str, Any]], rejects: list[Reject]) -> None:
+    """A list with no usable line, or whose audio files are all missing, is a user error (raised
+    before any model is loaded); otherwise broken lines are only rejected."""
+    if not entries and not rejects:
+        raise PrepareError(f"--list {list_path} has no lines; write one wav_path|speaker|lang|text line "
+                           "per utterance")
+    if not entries:
+        first = "; ".join(r.reason for r in sorted(rejects, key=lambda r: r.line)[:3])
+        raise PrepareError(f"--list {list_path}: no usable line, all {len(rejects)} rejected ({first}"
+                           f"{'; ...' if len(rejects) > 3 else ''}); each line must be "
+                           "wav_path|speaker|lang|text with a supported language")
+    if not any(Path(e["file"]).exists() for e in entries):
+        first = entries[0]
+        raise PrepareError(f"--list {list_path}: none of the {len(entries)} audio files exists (line "
+                           f"{first['line']}: {first['file']} not found); relative paths are read from "
+                           f"the list's folder {list_path.parent.resolve()}: fix the paths in the list")
 
 
 # --------------------------------------------------------------------------- command line
@@ -304,12 +385,10 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    try:
-        prepare(args.list, args.out, args.hubert, s2_pretrained=args.s2_pretrained, bert_dir=args.bert,
-                val_fraction=args.val_fraction, val_list=args.val_list, num_proc=args.num_proc,
-                device=args.device, batch_size=args.batch_size, seed=args.seed, version=args.version,
-                english_in_zh=args.english_in_zh, force=args.force, sv_model=args.sv)
-    except PrepareError as err:
-        print(f"gsv-accel prepare: error: {err}", file=sys.stderr)
-        return 1
+    """`gsv-accel prepare`; `PrepareError` (bad input) propagates to `gsv_accel.cli.main`, which prints
+    it on one line and exits with `EXIT_CODE_USER_ERROR`."""
+    prepare(args.list, args.out, args.hubert, s2_pretrained=args.s2_pretrained, bert_dir=args.bert,
+            val_fraction=args.val_fraction, val_list=args.val_list, num_proc=args.num_proc,
+            device=args.device, batch_size=args.batch_size, seed=args.seed, version=args.version,
+            english_in_zh=args.english_in_zh, force=args.force, sv_model=args.sv)
     return 0

@@ -80,6 +80,22 @@ class DatasetWriter:
             self._split_fp = split_fingerprint(self.val_fraction, self.val_list, self.seed)
         return self._split_fp
 
+    def check_val_list(self, names: Sequence[str]) -> None:
+        """Before any work: `--val-list` must name some, but not all, of the input's utterances."""
+        if self.val_list is None:
+            return
+        wanted = read_val_list(self.val_list)
+        if not wanted:
+            raise PrepareError(f"--val-list {self.val_list} names no utterance; write one file name per line")
+        found = wanted & set(names)
+        if not found:
+            shown = ", ".join(sorted(wanted)[:3]) + (", ..." if len(wanted) > 3 else "")
+            raise PrepareError(f"--val-list {self.val_list}: none of its {len(wanted)} name(s) ({shown}) "
+                               "is an utterance of the input; give file names as they appear in the input")
+        if found >= set(names):
+            raise PrepareError(f"--val-list {self.val_list} names every utterance of the input; leave at "
+                               "least one for training")
+
     def reuse(self, total: int, features_fp: str) -> PrepareResult | None:
         """The existing output when its fingerprints match; when only the split settings changed, the
         stored rows are re-split into a fresh output without recomputing features."""
@@ -116,6 +132,7 @@ class DatasetWriter:
 
     def write(self, total: int, build: Callable[[Path], Built]) -> PrepareResult:
         """Build in a temporary folder, save, swap into place, print the report (`total`: input lines)."""
+        new_parents = _missing_parents(self.out_dir)
         tmp = new_temp_dir(self.out_dir)
         work = tmp / "work"
         work.mkdir()
@@ -127,6 +144,12 @@ class DatasetWriter:
             replace_dir(tmp, self.out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not self.out_dir.exists():  # failed: remove the (still empty) parent folders made for it
+                for folder in new_parents:
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
         report(self.out_dir, total, counts, rejects, self.command)
         return PrepareResult(self.out_dir, counts, sorted(rejects, key=lambda r: r.line))
 
@@ -190,10 +213,29 @@ def recover_interrupted(out_dir: Path) -> None:
 
 
 def check_replaceable(out_dir: Path) -> None:
-    """Only a prepared dataset (or an empty folder) may be replaced by a new output."""
+    """Only a prepared dataset (or an empty folder) may be replaced by a new output, and the output
+    must be able to become a folder (no file in its place or in place of a parent folder)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PrepareError(f"--out {out_dir} is a file, not a dataset folder; choose another --out")
     if out_dir.exists() and not (out_dir / META_FILE).is_file() and any(out_dir.iterdir()):
-        raise PrepareError(f"{out_dir} exists and is not a prepared gsv_accel dataset; refusing to replace "
-                           "it (choose another --out or remove it)")
+        raise PrepareError(f"--out {out_dir} exists and is not a prepared gsv_accel dataset (no "
+                           f"{META_FILE}); refusing to replace it: choose another --out or remove it")
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise PrepareError(f"--out {out_dir}: {parent} is a file, so the output folder cannot be created; "
+                           "choose another --out")
+
+
+def _missing_parents(out_dir: Path) -> list[Path]:
+    """The parent folders of `out_dir` that do not exist yet, deepest first."""
+    missing = []
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    return missing
 
 
 def new_temp_dir(out_dir: Path) -> Path:

@@ -13,6 +13,7 @@ import pytest
 import soundfile
 import torch
 
+from gsv_accel import cli
 from gsv_accel.data import prepare as prep
 from gsv_accel.data.dataset import GSVDataset, read_meta
 from gsv_accel.data.import_gsv import add_import_arguments, import_gsv, run_import
@@ -208,6 +209,11 @@ def test_cli_helpers(prepared, tmp_path, capsys):
     assert run_import(args) == 0
     assert run_import(args) == 0
     assert "up to date" in capsys.readouterr().out
-    bad = parser.parse_args(["--exp-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
-    assert run_import(bad) == 1
-    assert "2-name2text.txt" in capsys.readouterr().err
+    bad = ["import-gsv", "--exp-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]
+    with pytest.raises(prep.PrepareError, match="nothing: not found"):
+        run_import(parser.parse_args(bad[1:]))
+    assert cli.main(bad) == 2  # the command line reports it on one line (tests/test_cli_errors.py)
+    assert "--exp-dir" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(prep.PrepareError, match="2-name2text.txt"):
+        run_import(parser.parse_args(bad[1:]))

@@ -16,6 +16,7 @@ import soundfile
 import soxr
 import torch
 
+from gsv_accel import cli
 from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor, load_audio
 from gsv_accel.data import prepare as prep
 from gsv_accel.data.dataset import GSVDataset, read_meta
@@ -344,11 +345,17 @@ def test_broken_entries_are_rejected_with_reasons_and_good_ones_kept(tmp_path, m
 
 
 def test_nothing_usable_fails_clearly(tmp_path, models):
-    list_path = write_corpus(tmp_path, ["missing_a.wav|spk|en|Hello there.", "missing_b.wav|spk|xx|Hi."])
-    with pytest.raises(prep.PrepareError, match="nothing usable"):
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 20)
+    list_path = write_corpus(tmp_path, ["corrupt.wav|spk|en|Hello there.", "missing_b.wav|spk|xx|Hi."])
+    with pytest.raises(prep.PrepareError, match=r"only 0 usable utterance\(s\) of 2 .*unreadable.*corrupt"):
         prep.prepare(list_path, tmp_path / "out", models["hubert"])
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.*"))
+    # No audio file of the list exists: said before any model is loaded.
+    list_path = write_corpus(tmp_path, ["missing_a.wav|spk|en|Hello there.", "missing_b.wav|spk|xx|Hi."])
+    with pytest.raises(prep.PrepareError, match="none of the 1 audio files exists .*missing_a.wav"):
+        prep.prepare(list_path, tmp_path / "out", models["hubert"])
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- atomic output and caching
@@ -463,9 +470,11 @@ def test_cli_helpers_parse_and_run(prepared, models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--list", "x", "--out", "y", "--hubert", "z", "--val-fraction", "0.2",
                            "--val-list", "v"])
-    bad = parser.parse_args(["--list", str(tmp_path / "nope.list"), "--out", str(tmp_path / "o"),
-                             "--hubert", str(models["hubert"])])
-    assert prep.run_prepare(bad) == 1
+    bad = ["prepare", "--list", str(tmp_path / "nope.list"), "--out", str(tmp_path / "o"),
+           "--hubert", str(models["hubert"])]
+    with pytest.raises(prep.PrepareError, match="nope.list: not found"):
+        prep.run_prepare(parser.parse_args(bad[1:]))
+    assert cli.main(bad) == 2  # the command line reports it on one line (tests/test_cli_errors.py)
     assert "nope.list: not found" in capsys.readouterr().err
 
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import fsync_dir, write_json_atomic
 from .distributed import any_process
 
 MANIFEST_NAME = "manifest.json"
@@ -133,25 +134,6 @@ def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to `path` so that readers see either the old file or the complete new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def library_versions() -> dict[str, str]:
     import accelerate
     import torch
@@ -212,6 +194,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: unreadable manifest ({err})") from err
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: malformed manifest (a JSON {type(manifest).__name__}, not an object)")
     for key in ("format", "step", "epoch", "files"):
         if key not in manifest:
             raise CheckpointError(f"{path}: manifest lacks '{key}'")
@@ -302,13 +286,13 @@ class CheckpointManager:
                                           config_fingerprint=config_fingerprint,
                                           world_size=accelerator.num_processes, extra=dict(extra or {}),
                                           config=config, best=best)
-                write_json_atomic(staging / MANIFEST_NAME, manifest)
+                write_json_atomic(staging / MANIFEST_NAME, manifest, sort_keys=True)
                 fault_point("kill_after_manifest", step, rank)
                 # Same step saved twice (e.g. a best save followed by the final save): the old copy
                 # is renamed away only now, and removed once the new one is in place.
                 replaced = self._set_aside(final) if final.exists() else None
                 os.replace(staging, final)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             except OSError as err:
                 error = err
                 if replaced is not None and not final.exists():

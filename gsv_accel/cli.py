@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gsv_accel import __version__
-from gsv_accel.lifecycle import EXIT_CODE_USER_ERROR
+from gsv_accel.lifecycle import EXIT_CODE_USER_ERROR, one_line
 
 EXIT_OK = 0
 # `inspect` of a checkpoint folder that fails verification (the report is printed).
@@ -44,12 +44,6 @@ EXIT_USER_ERROR = EXIT_CODE_USER_ERROR
 
 class UsageError(Exception):
     """Bad input found by the command line itself; the message names the path and what to do."""
-
-
-def one_line(err: BaseException | str) -> str:
-    """A message on one line (library messages sometimes span several); the same as
-    `gsv_accel.session.one_line`, which is not imported here (session imports Accelerate)."""
-    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 # ----------------------------------------------------------------------------------------------

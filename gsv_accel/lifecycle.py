@@ -40,6 +40,11 @@ EXIT_CODE_CHECKPOINT_WRITE = 74
 VALIDATION_HISTORY = 10_000
 
 
+def one_line(err: BaseException | str) -> str:
+    """An error message on one line, as user errors are printed (library messages span several)."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+
+
 @dataclass
 class TrainingProgress:
     """Loop counters saved in every checkpoint (registered with `accelerator.register_for_checkpointing`).

@@ -74,6 +74,7 @@ from .lifecycle import (
     ensure_rng_restored,
     interval_due,
     lookup,
+    one_line,
     resolve_resume,
     seed_everything,
     set_cpu_threads,
@@ -795,11 +796,6 @@ def run_recipe(name: str, description: str, config_class: type, recipe_class: ty
     except CheckpointWriteError as err:
         print(f"{name}: error: {one_line(err)}", file=sys.stderr)
         return recipe.session.abort_on_write_error(err)
-
-
-def one_line(err: BaseException) -> str:
-    """An error message on one line (library messages sometimes span several)."""
-    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 def report_user_error(name: str, err: BaseException) -> int:

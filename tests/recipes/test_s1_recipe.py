@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from gsv_accel.checkpoint import verify_checkpoint
 from gsv_accel.models.gpt import GPTConfig, GPTLightningLayout, Text2SemanticDecoder
@@ -63,10 +64,12 @@ def test_monitoring_top3_accuracy_in_max_mode_stops_on_accuracy_and_exports_its_
     # The controller's choice: the first evaluation reaching the highest accuracy (no later one beat it).
     best_value = max(value for _, value in accuracies)
     best_step = next(step for step, value in accuracies if value == best_value)
-    assert f"val/top3_acc has not improved for 2 evaluations (best {best_value:.4g} at step {best_step})" in run.log
+    assert (f"val/top3_acc has not improved for 2 evaluations (best {best_value:.4g} at step {best_step})"
+            in run.log)
     best = verify_checkpoint(run.run_dir / "checkpoints" / f"step_{best_step:08d}")
     assert best.manifest["best"] and best.metrics["val/top3_acc"] == pytest.approx(best_value, abs=5e-6)
-    exported = torch.load(run.exports / f"demo_best-e{best.epoch}.ckpt", map_location="cpu", weights_only=True)
+    exported = torch.load(run.exports / f"demo_best-e{best.epoch}.ckpt", map_location="cpu",
+                          weights_only=True)
     weights = load_file(str(best.path / "model.safetensors"))
     assert all(torch.equal(exported["weight"][f"model.{k}"], v.half()) for k, v in weights.items())
 

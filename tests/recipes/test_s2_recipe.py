@@ -140,6 +140,23 @@ def test_offline_wandb_record_holds_the_val_mel_loss_of_train_log(s2_run):
         assert wandb_value == pytest.approx(log_value, abs=5e-6)  # train.log prints 5 decimals
 
 
+def test_a_learning_rate_change_on_resume_changes_train_lr_g_from_the_next_step(s2_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = s2_run("lr_change", "train.epochs=1", "train.max_steps=3", "tracking.tensorboard=true",
+                 "validation.every_n_epochs=null")
+    run.run()
+    run.run("--resume", "auto", "train.max_steps=5", "train.learning_rate=0.00005")
+    assert "resume: train.learning_rate changed from 0.0002 to 5e-05 (applies from the next step)" in run.log
+    logged = {}
+    for events in {p.parent for p in (run.run_dir / "tensorboard").rglob("events.out.tfevents.*")}:
+        accumulator = EventAccumulator(str(events)).Reload()
+        if "train/lr_g" in accumulator.Tags()["scalars"]:
+            logged.update({event.step: event.value for event in accumulator.Scalars("train/lr_g")})
+    # Epoch 0 throughout: no decay yet, so the LR is the base LR of whichever process ran the step.
+    assert logged == pytest.approx({1: 2e-4, 2: 2e-4, 3: 2e-4, 4: 5e-5, 5: 5e-5})
+
+
 def test_wandb_holds_every_validation_row_once_after_a_kill_between_validation_and_checkpoint(s2_run):
     """SIGKILL loses what W&B had buffered (its offline file can stay empty); the resumed run starts
     after that validation, from the previous checkpoint, so it logs those rows again itself."""

@@ -168,8 +168,11 @@ class S2Config:
         self.model.segment_size = self.train.segment_size // self.data.hop_length
 
     def official_dict(self) -> dict:
-        """The config in GPT-SoVITS' s2.json layout, stored inside exports."""
-        return {"data": to_dict(self.data), "model": to_dict(self.model), "train": to_dict(self.train)}
+        """The config in GPT-SoVITS' s2.json layout, stored inside exports. Local paths (the dataset,
+        the pretrained files) stay out: an export is shared, and inference reads none of them."""
+        data = {k: v for k, v in to_dict(self.data).items() if k != "dataset"}
+        train = {k: v for k, v in to_dict(self.train).items() if not k.startswith("pretrained_")}
+        return {"data": data, "model": to_dict(self.model), "train": train}
 
 
 # ----------------------------------------------------------------------------------------- recipe

@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import secrets
 import warnings
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import IO, Any
 
 import torch
 
+from gsv_accel.atomic import atomic_write
 from gsv_accel.models.sovits.config import PRO_VERSIONS, SUPPORTED_VERSIONS, SoVITSConfig
 
 from .compat import require_supported
@@ -274,7 +274,8 @@ def export_gpt(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str], header: bytes | None = None) -> Path:
-    """torch.save `obj` to `path` atomically: a temporary file in the same folder, fsync, os.replace.
+    """torch.save `obj` to `path` atomically (`gsv_accel.atomic.atomic_write`: a temporary file in the
+    same folder, fsync, os.replace, then an fsync of the folder); missing parent folders are created.
 
     With `header` (2 bytes), the zip's leading `PK` is replaced by it, as the official exporter does
     for v2Pro/v2ProPlus/v3/v4 files. Readers of a half-written file never see it: either the old
@@ -284,46 +285,16 @@ def save_atomic(obj: Any, path: str | os.PathLike[str], header: bytes | None = N
     if header is not None and (len(header) != 2 or header not in HEADER_VERSIONS):
         raise ValueError(f"unknown version header {header!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # O_EXCL: never clobber anything; mode 0o666 lets the umask decide, as for any new file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if header is None:
-                torch.save(obj, f)
-            else:
-                buffer = io.BytesIO()
-                torch.save(obj, buffer)
-                data = buffer.getbuffer()
-                f.write(header)
-                f.write(data[2:])
-                del data
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        done = True
-    finally:
-        if not done:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-    _fsync_dir(path.parent)
-    return path
 
+    def write(f: IO[bytes]) -> None:
+        if header is None:
+            torch.save(obj, f)
+            return
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = buffer.getbuffer()
+        f.write(header)
+        f.write(data[2:])
+        del data
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename durable on POSIX; directories cannot be opened this way on Windows.
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, write, binary=True)

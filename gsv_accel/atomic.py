@@ -5,8 +5,9 @@ O_EXCL, so nothing is ever clobbered), flushes and fsyncs it, `os.replace`s it o
 the folder so that the rename survives a crash. If `writer` raises, the temporary file is removed and
 `path` is left as it was. `write_text_atomic` and `write_json_atomic` are the common cases.
 
-This is the library's one implementation; `checkpoint.py` (`write_json_atomic`, `_fsync_dir`) and
-`formats.py` (`save_atomic`, `_fsync_dir`) still carry their own copies, to be switched over.
+This is the library's one implementation: checkpoint manifests, dataset metadata, weight exports
+(`gsv_accel.formats.save_atomic`) and the run folder's small files all go through it. Folders are
+swapped with `os.replace` where they are written (checkpoints, datasets), then `fsync_dir`.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from gsv_accel.lifecycle import (
     EXIT_CODE_SIGINT,
 )
 
-from .conftest import DEMO_CONFIG, REPO, S2_RECIPE, S2Run, assert_same_weights, recipe_env
+from .conftest import DEMO_CONFIG, DEMO_SV, REPO, S2_RECIPE, S2Run, assert_same_weights, recipe_env
 
 # Two epochs of 11 steps, a checkpoint every 3 steps, only the last 2 kept: every save from step 9 on
 # also deletes an old checkpoint.
@@ -437,7 +437,7 @@ def test_data_list_with_20_percent_broken_entries_prepares_the_rest_and_trains(s
     assert len(broken) / len(lines) == 0.2
     (corpus / "train.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    result = prepare(corpus / "train.list", tmp_path / "dataset", REPO / "demo" / "tiny_hubert")
+    result = prepare(corpus / "train.list", tmp_path / "dataset", REPO / "demo" / "tiny_hubert", sv_model=DEMO_SV)
     rejected = (tmp_path / "dataset" / REJECTED_FILE).read_text(encoding="utf-8").splitlines()[1:]
     codes = {row.split("\t")[1]: row.split("\t")[2] for row in rejected}
     assert codes == {"wavs/missing.flac": "missing", "wavs/corrupt.flac": "unreadable",

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from gsv_accel.cfm_export import export_cfm_full, export_cfm_lora, lora_export_name
+from gsv_accel.formats import OfficialCompatibilityWarning, load_gsv_file, sovits_export_info
 from gsv_accel.models.sovits import SoVITSV3Config, SynthesizerTrnV3
+from gsv_accel.models.sovits.lora import add_lora, lora_state_dict, merge_lora_export
 
 VERSIONS = ["v3", "v4"]
 FEA_ATOL = 1e-5
@@ -160,3 +165,96 @@ def test_gradients_and_checkpointing(case):
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], atol=1e-6), name
     model.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+LORA_EXPORT = "s2_small_v3_lora_export.pth"
+LORA_MERGED = "s2_small_v3_lora_merged.safetensors"
+
+
+def test_lora_state_dict_of_the_default_model_is_the_official_export_layout(reference_file):
+    with open(reference_file("s2_v3_lora_keys.json")) as f:
+        expected = json.load(f)
+    rank = next(v[0] for k, v in expected.items() if ".lora_A." in k)
+    with torch.device("meta"):
+        model = add_lora(SynthesizerTrnV3(SoVITSV3Config.for_version("v3")), rank)
+    assert {k: list(v.shape) for k, v in lora_state_dict(model).items()} == expected
+
+
+@pytest.fixture(scope="module")
+def lora_export(reference_file):
+    return load_gsv_file(reference_file(LORA_EXPORT))
+
+
+def test_merging_the_official_lora_export(reference_file, lora_export):
+    torch.set_num_threads(1)
+    assert lora_export.header == b"03" and lora_export.version == "v3"
+    model = small_model(reference_file, "v3")
+    merge_lora_export(model, lora_export.state_dict, lora_export.lora_rank).eval()
+    with safe_open(str(reference_file(LORA_MERGED)), "pt") as f:
+        base = load_file(str(reference_file(f.metadata()["base"])))
+    changed = load_file(str(reference_file(LORA_MERGED)))
+    merged = model.state_dict()
+    assert merged.keys() == base.keys()
+    for key, value in merged.items():
+        assert torch.allclose(value, changed.get(key, base[key]), rtol=0, atol=1e-6), key
+
+    io = load_file(str(reference_file("s2_small_v3_io.safetensors")))
+    with torch.no_grad():
+        v_pred = model.cfm.estimator(io["est_xt"], io["est_prompt"], io["est_x_lens"], io["est_t"],
+                                     io["est_dt"], io["est_mu"])
+    assert _max_err(v_pred, io["lora_merged_est_v_pred"]) < OUT_ATOL
+    fea, _ = model.decode_encp(io["dec_codes"], io["dec_text"], io["dec_refer"])
+    assert _max_err(fea, io["lora_merged_dec_fea"]) < FEA_ATOL
+
+
+def test_lora_forward_unmerged_and_export_round_trip(reference_file, lora_export, tmp_path):
+    """A peft-wrapped model computes what the merged one does, trains only LoRA + the official
+    trainable modules, and its export is the official one (same keys, fp16 values, header, rank)."""
+    torch.set_num_threads(1)
+    rank = lora_export.lora_rank
+    model = add_lora(small_model(reference_file, "v3"), rank)
+    model.load_state_dict(lora_export.state_dict, strict=False)
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"ref_enc", "bridge", "wns1", "linear_mel", "cfm"}
+    assert all(".lora_" in n for n, p in model.cfm.named_parameters() if p.requires_grad)
+
+    io = load_file(str(reference_file("s2_small_v3_io.safetensors")))
+    with torch.no_grad():
+        v_pred = model.cfm.estimator(io["est_xt"], io["est_prompt"], io["est_x_lens"], io["est_t"],
+                                     io["est_dt"], io["est_mu"])
+        loss = _train_forward(model.eval(), io, "branch").loss
+    assert _max_err(v_pred, io["lora_merged_est_v_pred"]) < OUT_ATOL
+    merged = merge_lora_export(small_model(reference_file, "v3"), lora_export.state_dict, rank).eval()
+    with torch.no_grad():
+        assert torch.isclose(loss, _train_forward(merged, io, "branch").loss, rtol=1e-4)
+
+    path = tmp_path / lora_export_name("exp", 2, 8, rank)
+    export_cfm_lora(lora_state_dict(model), lora_export.config, path, sovits_export_info(2, 8), "v3", rank)
+    assert path.name == f"exp_e2_s8_l{rank}.pth" and path.read_bytes()[:2] == b"03"
+    ours = load_gsv_file(path)
+    assert ours.lora_rank == rank and ours.info == lora_export.info and ours.version == "v3"
+    assert ours.config["train"]["lora_rank"] == str(rank) and ours.config["model"]["version"] == "v3"
+    assert ours.state_dict.keys() == lora_export.state_dict.keys()
+    for key, value in ours.state_dict.items():
+        assert value.dtype == torch.float16 and torch.equal(value, lora_export.state_dict[key]), key
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_full_export(reference_file, lora_export, tmp_path, version):
+    model = small_model(reference_file, version)
+    config = {**lora_export.config, "version": version,
+              "model": {**lora_export.config["model"], "version": version}}
+    path = tmp_path / "exp_e1_s4.pth"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_cfm_full(model.state_dict(), config, path, sovits_export_info(1, 4), version)
+    assert [w.category for w in caught] == ([OfficialCompatibilityWarning] if version == "v4" else [])
+    assert path.read_bytes()[:2] == b"PK"
+    loaded = load_gsv_file(path)
+    assert loaded.version == version and loaded.config["model"]["version"] == version
+    assert loaded.state_dict.keys() == model.state_dict().keys()
+    assert all(v.dtype == torch.float16 for v in loaded.state_dict.values() if v.is_floating_point())
+    with pytest.raises(ValueError, match="merge"):
+        export_cfm_full(lora_state_dict(add_lora(model, 4)), config, path, "x", version)

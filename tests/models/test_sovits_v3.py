@@ -258,3 +258,38 @@ def test_full_export(reference_file, lora_export, tmp_path, version):
     assert all(v.dtype == torch.float16 for v in loaded.state_dict.values() if v.is_floating_point())
     with pytest.raises(ValueError, match="merge"):
         export_cfm_full(lora_state_dict(add_lora(model, 4)), config, path, "x", version)
+
+
+# ----------------------------------------------------------------------------- training smoke tests
+
+
+def test_lora_training_step_under_bf16_autocast(reference_file):
+    """One optimizer step of a LoRA model under bf16 autocast (fp32 text side) updates LoRA, bridge
+    and wns1 only, as the official trainer's AdamW over requires_grad parameters does."""
+    torch.set_num_threads(1)
+    io = load_file(str(reference_file("s2_small_v3_io.safetensors")))
+    model = add_lora(small_model(reference_file, "v3"), 4).train()
+    for module in model.cfm.modules():  # non-zero B so that A gets a gradient too
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.01)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _train_forward(model, io, "nobranch", use_grad_ckpt=True)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    optimizer.step()
+    changed = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"bridge", "wns1", "cfm"}
+    changed_in_cfm = [n for n, p in model.cfm.named_parameters() if not torch.equal(p, before["cfm." + n])]
+    assert changed_in_cfm and all(".lora_" in n for n in changed_in_cfm)
+
+
+def test_synthesize_mel_continues_the_prompt(case):
+    version, model, io = case
+    prompt_mel = io["inf_prompt"]
+    torch.manual_seed(0)
+    mel = model.synthesize_mel(io["dec_codes"], io["dec_text"], io["dec_refer"], io["dec_codes"],
+                               io["dec_text"], prompt_mel, sample_steps=2)
+    expected_frames = int(io["dec_codes"].shape[-1] * 2 * model.frame_rates.feature_upsample)
+    assert mel.shape == (1, prompt_mel.shape[1], expected_frames) and torch.isfinite(mel).all()

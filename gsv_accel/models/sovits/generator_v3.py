@@ -218,3 +218,28 @@ class SynthesizerTrnV3(nn.Module):
         x, _, _, _ = self.enc_p(quantized, y_lengths, text, text_lengths, ge, speed)
         fea, _ = self.wns1(self._to_mel_rate(x), mel_lengths, ge)
         return fea, ge
+
+    @torch.no_grad()
+    def synthesize_mel(self, codes: torch.Tensor, text: torch.Tensor, refer: torch.Tensor,
+                       prompt_codes: torch.Tensor, prompt_text: torch.Tensor, prompt_mel: torch.Tensor,
+                       sample_steps: int = 32, speed: float = 1.0, max_prompt_frames: int | None = None
+                       ) -> torch.Tensor:
+        """Normalised mel (B, mel, T) of `codes`/`text`, continuing a reference utterance (one chunk of
+        official inference, `TTS.using_vocoder_synthesis`, without its chunking of long outputs).
+
+        prompt_codes/prompt_text: the reference's semantic codes (n_q, B, Tp) and phones; prompt_mel: its
+        normalised mel (`gsv_accel.audio.CFMMelExtractor`); refer: its linear spectrogram. The prompt
+        is trimmed to the frames both it and its features have (and to the last `max_prompt_frames`,
+        the official T_ref, if given); the output excludes it. Draws torch.randn once (the noise).
+        """
+        prompt_fea, ge = self.decode_encp(prompt_codes, prompt_text, refer)
+        frames = min(prompt_mel.shape[-1], prompt_fea.shape[-1])
+        prompt_mel, prompt_fea = prompt_mel[:, :, :frames], prompt_fea[:, :, :frames]
+        if max_prompt_frames is not None and frames > max_prompt_frames:
+            frames = max_prompt_frames
+            prompt_mel, prompt_fea = prompt_mel[:, :, -frames:], prompt_fea[:, :, -frames:]
+        fea, _ = self.decode_encp(codes, text, None, ge=ge, speed=speed)
+        mu = torch.cat([prompt_fea, fea], dim=2).transpose(2, 1)
+        lengths = torch.full((mu.size(0),), mu.size(1), dtype=torch.long, device=mu.device)
+        out = self.cfm.inference(mu, lengths, prompt_mel.to(mu.dtype), sample_steps)
+        return out[:, :, frames:]

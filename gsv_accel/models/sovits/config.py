@@ -145,3 +145,85 @@ class SoVITSConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# v3 / v4: the flow-matching SoVITS (`SynthesizerTrnV3`)
+# ------------------------------------------------------------------------------------------------
+
+CFM_VERSIONS = ("v3", "v4")
+
+
+@dataclass(frozen=True)
+class CFMFrameRates:
+    """How a v3/v4 model maps 25 Hz semantic features onto its mel frames (the only difference
+    between v3 and v4 in the model).
+
+    `feature_upsample`: nearest-neighbour factor from the 50 Hz content frames (two per semantic
+    token) to mel frames: 1.875 for v3 (24 kHz, hop 256: 93.75 frames/s), 2 for v4 (32 kHz, hop 320:
+    100 frames/s). `decode_length_factor`: mel frames per semantic token that `decode_encp` gives its
+    WN mask (the official code uses 3.875 for v3, a little more than 2 * 1.875, and 4 for v4).
+    """
+
+    feature_upsample: float
+    decode_length_factor: float
+
+
+CFM_FRAME_RATES = {
+    "v3": CFMFrameRates(feature_upsample=1.875, decode_length_factor=3.875),
+    "v4": CFMFrameRates(feature_upsample=2.0, decode_length_factor=4.0),
+}
+
+
+@dataclass
+class SoVITSV3Config(SoVITSConfig):
+    """Configuration of the v3/v4 SoVITS (`SynthesizerTrnV3`: text encoder + CFM with a DiT).
+
+    A sibling of `SoVITSConfig` (a subclass, so the official `model` section of `configs/s2.json` is
+    read the same way by `from_dict`) that accepts only v3 and v4; `SoVITSConfig` keeps refusing
+    them, so a v1/v2 recipe never builds a GAN generator for a v3 config. The decoder fields
+    (`resblock*`, `upsample*`) are in the official config but unused by this model.
+
+    The widths the official code hard-codes are fields, with the official values as defaults:
+    `inter_channels2` (bridge output, wns1 width, DiT `text_dim`, linear_mel input), `wns1_n_layers`,
+    `wns1_kernel_size`, `mel_channels` and the DiT sizes `dit_*`.
+    """
+
+    version: str = "v3"
+    inter_channels2: int = 512
+    wns1_n_layers: int = 8
+    wns1_kernel_size: int = 5
+    mel_channels: int = 100
+    dit_dim: int = 1024
+    dit_depth: int = 22
+    dit_heads: int = 16
+    dit_dim_head: int = 64
+    dit_ff_mult: int = 2
+    dit_conv_layers: int = 4
+    dit_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.version not in CFM_VERSIONS:
+            raise ValueError(f"SoVITSV3Config is for model.version v3 or v4, got {self.version!r} "
+                             "(v1/v2/v2Pro/v2ProPlus models use SoVITSConfig)")
+        if self.semantic_frame_rate not in ("25hz", "50hz"):
+            raise ValueError(
+                f"model.semantic_frame_rate must be '25hz' or '50hz', got {self.semantic_frame_rate!r}")
+
+    @classmethod
+    def for_version(cls, version: str = "v3", **overrides: Any) -> SoVITSV3Config:
+        """The official default architecture (`configs/s2.json` model section, version v3 or v4),
+        with `overrides` on top: the key manifests of the released `s2Gv3.pth`/`s2Gv4.pth`."""
+        return cls(version=version, **overrides)
+
+    @property
+    def frame_rates(self) -> CFMFrameRates:
+        return CFM_FRAME_RATES[self.version]
+
+    @property
+    def symbols_version(self) -> str:
+        return "v2"  # v3/v4 use the v2 phone table
+
+    @property
+    def n_symbols(self) -> int:
+        return SYMBOLS_PER_VERSION["v2"]

@@ -437,7 +437,8 @@ def test_data_list_with_20_percent_broken_entries_prepares_the_rest_and_trains(s
     assert len(broken) / len(lines) == 0.2
     (corpus / "train.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    result = prepare(corpus / "train.list", tmp_path / "dataset", REPO / "demo" / "tiny_hubert", sv_model=DEMO_SV)
+    result = prepare(corpus / "train.list", tmp_path / "dataset", REPO / "demo" / "tiny_hubert",
+                     sv_model=DEMO_SV)
     rejected = (tmp_path / "dataset" / REJECTED_FILE).read_text(encoding="utf-8").splitlines()[1:]
     codes = {row.split("\t")[1]: row.split("\t")[2] for row in rejected}
     assert codes == {"wavs/missing.flac": "missing", "wavs/corrupt.flac": "unreadable",

@@ -65,7 +65,7 @@ def format_inspect(summary: dict[str, Any]) -> str:
     lines.append(f"model:       {summary['model']}")
     version = summary["version"] or "unknown"
     if not summary["supported"]:
-        version += " (not supported by gsv_accel yet: it trains v1, v2, v2Pro and v2ProPlus models)"
+        version += " (flow matching: train it with recipes/s2_cfm.py, not the GAN recipe recipes/s2.py)"
     lines.append(f"version:     {version}")
     if summary["version_reason"]:
         lines.append(f"             ({summary['version_reason']})")

@@ -150,14 +150,16 @@ class TrainingSession:
                    shape_sections=shape_sections)
 
     # ------------------------------------------------------------------------------ start-up
-    def start(self, resume: str | None, deepspeed_models: Sequence[str] = ()) -> Accelerator:
+    def start(self, resume: str | None, deepspeed_models: Sequence[str] = (),
+              kwargs_handlers: Sequence[Any] = ()) -> Accelerator:
         """Create the Accelerator and decide where to resume from (before the recipe builds anything:
         the saved config decides whether the model settings may be used as they are). Nothing is
         written to the run folder yet (see `attach`).
 
         `deepspeed_models` names the models that get their own DeepSpeed engine when launched with a
         DeepSpeed config (one plugin each, see `gsv_accel.deepspeed_support`); the recipe creates the
-        extra Accelerators and passes them to `attach` so checkpoints cover them."""
+        extra Accelerators and passes them to `attach` so checkpoints cover them. `kwargs_handlers`
+        go to the Accelerator (e.g. DDP's `find_unused_parameters`)."""
         # From here on SIGTERM/SIGINT only set the stop flag: a signal during set-up (data, models,
         # resume) stops the run at its first step boundary with a checkpoint and the usual exit code.
         self.stop.install()
@@ -166,6 +168,7 @@ class TrainingSession:
             plugins["deepspeed_plugins"] = make_plugins(deepspeed_models)
         self.accelerator = acc = Accelerator(
             **plugins,
+            kwargs_handlers=list(kwargs_handlers),
             log_with=tracker_names(self.tracking_cfg) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir),
                                                 logging_dir=str(self.run_dir / "tensorboard")),

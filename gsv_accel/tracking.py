@@ -205,7 +205,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wm
 
 
 def log_media(accelerator, step: int, samples: list[dict[str, Any]], sampling_rate: int) -> None:
-    """Log generated audio and mel images: each sample is {name, audio (T,), mel (n_mels, T)}.
+    """Log generated audio and mel images: each sample is {name, audio (T,), mel (n_mels, T)}; a sample
+    without `audio` (a mel-only model without a vocoder) logs its mel image only.
 
     Main process only; a tracker that is not configured is skipped.
     """
@@ -219,13 +220,15 @@ def log_media(accelerator, step: int, samples: list[dict[str, Any]], sampling_ra
         payload = {}
         for sample in samples:
             key = media_key(sample["name"])
-            payload[f"val_audio/{key}"] = wandb.Audio(sample["audio"], sample_rate=sampling_rate)
+            if sample.get("audio") is not None:
+                payload[f"val_audio/{key}"] = wandb.Audio(sample["audio"], sample_rate=sampling_rate)
             payload[f"val_mel/{key}"] = wandb.Image(mel_to_image(sample["mel"]))
         run.log(payload, step=step)
     if "tensorboard" in names:
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
         for sample in samples:
             key = media_key(sample["name"])
-            audio = np.clip(sample["audio"], -1.0, 1.0)[None, :]
-            writer.add_audio(f"val_audio/{key}", audio, step, sample_rate=sampling_rate)
+            if sample.get("audio") is not None:
+                audio = np.clip(sample["audio"], -1.0, 1.0)[None, :]
+                writer.add_audio(f"val_audio/{key}", audio, step, sample_rate=sampling_rate)
             writer.add_image(f"val_mel/{key}", mel_to_image(sample["mel"]), step, dataformats="HWC")

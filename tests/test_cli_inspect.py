@@ -123,7 +123,7 @@ def test_inspect_flags_unsupported_header_variant(tmp_path, reference_file, caps
     copy.write_bytes(b"03" + reference_file(S2_EXPORT).read_bytes()[2:])
     assert main(["inspect", str(copy)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^version:\s+v3 \(not supported", out, re.MULTILINE)
+    assert re.search(r"^version:\s+v3 \(flow matching: train it with recipes/s2_cfm.py", out, re.MULTILINE)
     assert re.search(r"^header:\s+03", out, re.MULTILINE)
     assert copy.read_bytes()[:2] == b"03"
 

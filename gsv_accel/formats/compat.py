@@ -145,9 +145,9 @@ def _expected_sovits_shapes(config: SoVITSConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _unsupported_message(name: str, version: str, reason: str) -> str:
-    return (f"{name} is a {version} SoVITS model ({reason}); gsv_accel does not support {version} "
-            f"models yet: it trains {_trained_versions_text()} models. Start from one of those instead "
-            f"(for example the v2 pretrained s2G2333k.pth or the v2Pro pretrained s2Gv2Pro.pth).")
+    return (f"{name} is a {version} SoVITS model ({reason}), a flow-matching model: train it with "
+            f"recipes/s2_cfm.py. The GAN recipe (recipes/s2.py) does not support {version} models: it "
+            f"trains {_trained_versions_text()} models (for example from the v2Pro pretrained s2Gv2Pro.pth).")
 
 
 def require_supported(weights: GSVFile | Mapping[str, torch.Tensor], name: str = "the weights") -> None:

@@ -94,8 +94,8 @@ class GSVFile:
 
     @property
     def supported(self) -> bool:
-        """Whether gsv_accel can train/fine-tune from this file (v1, v2, v2Pro and v2ProPlus models, or
-        version unknown)."""
+        """Whether the GAN recipe (recipes/s2.py) can fine-tune from this file (v1, v2, v2Pro and
+        v2ProPlus models, or version unknown); v3/v4 files are for recipes/s2_cfm.py."""
         return self.version not in UNSUPPORTED_VERSIONS
 
     @property

@@ -18,6 +18,7 @@ from gsv_accel.models.sovits.config import SoVITSConfig
 from .compat import _problems_text, compatibility_problems, describe_shape_mismatch, require_supported
 from .errors import IncompatibleWeightsError
 from .files import MODEL_SOVITS_G, MODEL_UNKNOWN, GSVFile, load_gsv_file
+from .versions import UNSUPPORTED_VERSIONS
 
 __all__ = ["LoadReport", "load_weights_into"]
 
@@ -125,17 +126,27 @@ def load_weights_into(model: torch.nn.Module, source: str | os.PathLike[str] | G
 
     Shape mismatches raise `IncompatibleWeightsError` naming the keys, both shapes and the likely
     config field (a wrong `model.version` is reported as such, e.g. a v2 file for a v2Pro model,
-    which lacks the sv_emb/ge_to512/prelu weights); v3/v4 files raise `UnsupportedModelError`;
-    nothing is loaded in either case. Missing keys are listed in the report:
+    which lacks the sv_emb/ge_to512/prelu weights); v3/v4 files raise `UnsupportedModelError` unless
+    the model is a v3/v4 one; nothing is loaded in either case. Missing keys are listed in the report:
     the posterior encoder `enc_q.*`, which inference exports leave out, is reported as expected. With
     `strict=True` any other missing or unexpected key raises `IncompatibleWeightsError`.
     `config` (default: `model.config` when it is a `SoVITSConfig`) improves the messages.
     """
     gsv = source if isinstance(source, GSVFile) else load_gsv_file(source)
     name = gsv.path.name
-    require_supported(gsv)
     if config is None and isinstance(getattr(model, "config", None), SoVITSConfig):
         config = model.config
+    cfm_model = config is not None and config.version in UNSUPPORTED_VERSIONS
+    if cfm_model:
+        # A v3/v4 (flow-matching) model takes v3/v4 weights: only the shape checks below apply, the
+        # GAN generator's compatibility rules do not.
+        if gsv.lora_rank is not None:
+            raise IncompatibleWeightsError(
+                f"{name} is a LoRA export (rank {gsv.lora_rank}): start from the base model it was trained "
+                "on (s2Gv3.pth / s2Gv4.pth) or from a full export")
+        config = None
+    else:
+        require_supported(gsv)
     model_sd = model.state_dict()
     notes: list[str] = []
     file_sd = _adapt_keys(gsv.state_dict, set(model_sd), notes)

@@ -117,6 +117,17 @@ class S2Run:
                 "discriminator": load_file(str(latest / "model_1.safetensors"))}
 
 
+class CFMRun(S2Run):
+    """One run folder of the v3/v4 (flow-matching) recipe; the tiny v3 LoRA demo config."""
+
+    recipe = REPO / "recipes" / "s2_cfm.py"
+    config = REPO / "recipes" / "configs" / "s2_cfm_demo.yaml"
+    export_folder = "SoVITS_weights_v3"
+
+    def final_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"model": load_file(str(self.checkpoints()[-1] / "model.safetensors"))}
+
+
 class S1Run(S2Run):
     """One run folder of the S1 (GPT) recipe."""
 

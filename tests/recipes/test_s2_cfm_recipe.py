@@ -1,0 +1,85 @@
+"""The v3/v4 (flow-matching) recipe as a user runs it: a v3 LoRA run killed and resumed exactly, its
+LoRA export merged into the base model the official way; a v4 full fine-tuning run that stops early
+on a plateau; both exports read by `gsv-accel inspect`."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+
+import pytest
+import torch
+
+from gsv_accel.cli import main as cli_main
+from gsv_accel.models.sovits.config import SoVITSV3Config
+from gsv_accel.models.sovits.generator_v3 import SynthesizerTrnV3
+from gsv_accel.models.sovits.lora import merge_lora_export
+
+from .conftest import CFMRun, assert_same_weights
+
+SETTINGS = ("train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=10",
+            "validation.every_n_epochs=1", "export.merged_full=true")
+
+
+def _load_export(path):
+    """As official inference (`process_ckpt.load_sovits_new`): the 2-byte header back to `PK`."""
+    data = path.read_bytes()
+    return data[:2], torch.load(io.BytesIO(b"PK" + data[2:]), map_location="cpu", weights_only=False)
+
+
+@pytest.mark.slow
+def test_v3_lora_resumes_exactly_and_its_export_merges_into_the_base_the_official_way(tmp_path, demo_dataset,
+                                                                                      capsys):
+    straight = CFMRun(tmp_path / "straight", demo_dataset, *SETTINGS)
+    straight.run()
+    killed = CFMRun(tmp_path / "killed", demo_dataset, *SETTINGS)
+    process = killed.start()
+    killed.wait_for_log("saved checkpoint step_00000003", process)
+    assert killed.kill(process) == -signal.SIGKILL
+    killed.run("--resume", "auto")
+    assert_same_weights(killed.final_weights(), straight.final_weights())
+    for metric in ("val/cfm_loss", "val/mel_loss"):
+        assert metric in killed.log
+
+    [lora] = killed.exports.glob("demo_e*_s*_l4.pth")
+    header, raw = _load_export(lora)
+    assert header == b"03" and raw["lora_rank"] == 4 and raw["config"]["model"]["version"] == "v3"
+    assert all(v.dtype == torch.float16 for v in raw["weight"].values() if v.is_floating_point())
+    assert any(".lora_A." in k for k in raw["weight"])
+    assert not any(k.startswith("enc_p.") for k in raw["weight"])
+    # Official inference: the base model (here the run's own random initial weights, kept frozen in
+    # the checkpoint) with the LoRA export loaded on top and merged equals our merged full export.
+    checkpoint = killed.final_weights()["model"]
+    base = {k.replace("cfm.base_model.model.", "cfm.").replace(".base_layer.", "."): v
+            for k, v in checkpoint.items() if ".lora_" not in k}
+    config = SoVITSV3Config.from_dict(raw["config"]["model"])
+    model = SynthesizerTrnV3(config)
+    model.load_state_dict(base)
+    merged = merge_lora_export(model, raw["weight"], raw["lora_rank"]).state_dict()
+    [full] = killed.exports.glob(lora.name.replace("_l4.pth", ".pth").replace("demo_", "demo_merged_"))
+    header, ours = _load_export(full)
+    assert header == b"PK" and ours["weight"].keys() == merged.keys()
+    for key, value in merged.items():
+        assert torch.allclose(ours["weight"][key].float(), value.float(), atol=2e-3, rtol=1e-3), key
+
+    assert cli_main(["inspect", str(lora), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["version"] == "v3" and summary["lora_rank"] == 4
+
+
+@pytest.mark.slow
+def test_v4_full_fine_tuning_stops_early_on_a_plateau_and_exports_the_best(tmp_path, demo_dataset, capsys):
+    # min_delta far above any change: only the first evaluation is an improvement.
+    run = CFMRun(tmp_path / "v4", demo_dataset, "model.version=v4", "train.lora_rank=null", "train.epochs=20",
+                 "plateau.min_delta=100", "plateau.patience=2", "plateau.max_reductions=0")
+    run.export_folder = "SoVITS_weights_v4"
+    run.run()
+    assert "training stopped: early_stop" in run.log
+    [best] = run.exports.glob("demo_best_e*_s*.pth")
+    assert best.name == "demo_best_e1_s11.pth"  # the first epoch's validation (11 steps per epoch)
+    header, raw = _load_export(best)
+    assert header == b"PK" and raw["config"]["model"]["version"] == "v4"
+    assert not any(".lora_" in k or "base_model" in k for k in raw["weight"])
+    assert cli_main(["inspect", str(best), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_tensors"] == len(raw["weight"])

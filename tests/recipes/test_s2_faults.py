@@ -428,7 +428,7 @@ def test_data_list_with_20_percent_broken_entries_prepares_the_rest_and_trains(s
     broken = [
         "wavs/missing.flac|demo_speaker|en|This file does not exist.",  # missing
         "wavs/corrupt.flac|demo_speaker|en|Random bytes, not audio.",  # unreadable
-        "wavs/zero_bytes.flac|demo_speaker|en|An empty file.",  # unreadable
+        "wavs/zero_bytes.flac|demo_speaker|en|An empty file.",  # empty
         "wavs/en_001.flac|demo_speaker|en",  # format: three fields
         "wavs/en_002.flac|demo_speaker|xx|Unsupported language.",  # language
         "wavs/short.flac|demo_speaker|en|Too short.",  # too_short
@@ -442,7 +442,7 @@ def test_data_list_with_20_percent_broken_entries_prepares_the_rest_and_trains(s
     rejected = (tmp_path / "dataset" / REJECTED_FILE).read_text(encoding="utf-8").splitlines()[1:]
     codes = {row.split("\t")[1]: row.split("\t")[2] for row in rejected}
     assert codes == {"wavs/missing.flac": "missing", "wavs/corrupt.flac": "unreadable",
-                     "wavs/zero_bytes.flac": "unreadable", "wavs/en_001.flac": "format",
+                     "wavs/zero_bytes.flac": "empty", "wavs/en_001.flac": "format",
                      "wavs/en_002.flac": "language", "wavs/short.flac": "too_short"}, rejected
     assert result.counts["train"] + result.counts["validation"] == 24
 

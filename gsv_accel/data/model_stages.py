@@ -147,24 +147,33 @@ def load_s2_model(path: Path, ssl_dim: int, device: torch.device) -> Any:
     """The S2 generator of an official or gsv_accel weight file, for `extract_latent`."""
     from ..formats import GSVFormatError, load_gsv_file, load_weights_into
     from ..models.sovits import SoVITSConfig, SynthesizerTrn
+    from ..models.sovits.config import SoVITSV3Config
+    from ..models.sovits.generator_v3 import SynthesizerTrnV3
 
     try:
         gsv = load_gsv_file(path)
+        version = gsv.version or "v2"
+        # v3/v4 (flow matching) have the same SSL projection and quantizer, in another model class.
+        config_class, model_class = ((SoVITSV3Config, SynthesizerTrnV3) if version in ("v3", "v4")
+                                     else (SoVITSConfig, SynthesizerTrn))
+        if gsv.lora_rank is not None:
+            raise PrepareError(f"--s2-pretrained {path} is a {version} LoRA export, which does not hold the "
+                               "quantizer: give the base model it was trained on (s2Gv3.pth / s2Gv4.pth)")
         cfg = gsv.config
         if cfg is None:
             # Pretrained files and G_ checkpoints store no config: the version's official architecture
             # (v2Pro/v2ProPlus differ from v2 in widths, e.g. s2Gv2Pro.pth has gin_channels 1024).
-            config = SoVITSConfig.for_version(gsv.version or "v2")
+            config = config_class.for_version(version)
         elif isinstance(cfg.get("model"), dict):
             model_section = dict(cfg["model"])
-            model_section.setdefault("version", gsv.version or "v2")
-            config = SoVITSConfig.from_dict(model_section, cfg.get("data"), cfg.get("train"))
+            model_section.setdefault("version", version)
+            config = config_class.from_dict(model_section, cfg.get("data"), cfg.get("train"))
         else:
-            config = SoVITSConfig.from_dict(cfg)
+            config = config_class.from_dict(cfg)
         if config.ssl_dim != ssl_dim:
             raise PrepareError(f"--s2-pretrained {path}: the model takes {config.ssl_dim}-dim SSL features "
                                f"but the HuBERT model gives {ssl_dim}")
-        model = SynthesizerTrn(config)
+        model = model_class(config)
         load_weights_into(model, gsv)
     except (GSVFormatError, ValueError, OSError, KeyError, TypeError) as err:
         raise PrepareError(f"--s2-pretrained {path}: cannot load it as an S2 model ({_one_line(err)}); give "

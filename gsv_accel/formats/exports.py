@@ -81,6 +81,11 @@ _OFFICIAL_PRETRAINED = {
     "v2ProPlus": {"s2G": "GPT_SoVITS/pretrained_models/v2Pro/s2Gv2ProPlus.pth",
                   "s2D": "GPT_SoVITS/pretrained_models/v2Pro/s2Dv2ProPlus.pth",
                   "s1": "GPT_SoVITS/pretrained_models/s1v3.ckpt"},
+    # v3/v4 have no discriminator: their decoder is trained by flow matching (recipes/s2_cfm.py).
+    "v3": {"s2G": "GPT_SoVITS/pretrained_models/s2Gv3.pth",
+           "s1": "GPT_SoVITS/pretrained_models/s1v3.ckpt"},
+    "v4": {"s2G": "GPT_SoVITS/pretrained_models/gsv-v4-pretrained/s2Gv4.pth",
+           "s1": "GPT_SoVITS/pretrained_models/s1v3.ckpt"},
 }
 
 

@@ -117,6 +117,17 @@ class S2Run:
                 "discriminator": load_file(str(latest / "model_1.safetensors"))}
 
 
+def load_recipe_module(name: str):
+    """A recipe script (`recipes/<name>.py`) as a module, for its config classes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}_for_tests", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
 class CFMRun(S2Run):
     """One run folder of the v3/v4 (flow-matching) recipe; the tiny v3 LoRA demo config."""
 

@@ -83,3 +83,37 @@ def test_v4_full_fine_tuning_stops_early_on_a_plateau_and_exports_the_best(tmp_p
     assert not any(".lora_" in k or "base_model" in k for k in raw["weight"])
     assert cli_main(["inspect", str(best), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_tensors"] == len(raw["weight"])
+
+
+def test_semantic_codes_from_a_v3_model_pair_the_gpt_with_v3(tmp_path):
+    """`prepare --s2-pretrained` takes a full v3/v4 file (same SSL projection and quantizer as v2) and
+    records the version, which decides the GPT export folder; a LoRA export (no quantizer) is refused."""
+    from gsv_accel.cfm_export import export_cfm_full
+    from gsv_accel.config import load_config
+    from gsv_accel.data.dataset import META_FILE
+    from gsv_accel.data.listfile import PrepareError
+    from gsv_accel.data.prepare import prepare
+
+    from .conftest import REPO, load_recipe_module
+
+    cfg = load_config(load_recipe_module("s2_cfm").CFMConfig, CFMRun.config)
+    torch.manual_seed(0)
+    model = SynthesizerTrnV3(cfg.model)
+    for name, buffer in model.quantizer.named_buffers():
+        if name.endswith("inited"):
+            buffer.fill_(1)
+    export = export_cfm_full(model.state_dict(), cfg.official_dict(), tmp_path / "tiny_v3.pth", "demo", "v3")
+    lines = (REPO / "demo" / "data" / "demo.list").read_text(encoding="utf-8").splitlines()[:6]
+    (tmp_path / "wavs").symlink_to(REPO / "demo" / "data" / "wavs")
+    (tmp_path / "six.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare(tmp_path / "six.list", tmp_path / "dataset", REPO / "demo" / "tiny_hubert",
+            s2_pretrained=export, val_fraction=0.2)
+    meta = json.loads((tmp_path / "dataset" / META_FILE).read_text(encoding="utf-8"))
+    assert meta["semantic"]["s2_version"] == "v3"
+    assert meta["semantic"]["codebook_size"] == cfg.model.codebook_size
+    run = CFMRun(tmp_path / "run", tmp_path / "dataset", "train.max_steps=1")
+    run.run()
+    [lora] = run.exports.glob("*_l4.pth")
+    with pytest.raises(PrepareError, match="LoRA export"):
+        prepare(tmp_path / "six.list", tmp_path / "dataset2", REPO / "demo" / "tiny_hubert",
+                s2_pretrained=lora)

@@ -224,7 +224,7 @@ def describe_environment_changes(checkpoint: CheckpointInfo, now: dict[str, Any]
             ("mixed_precision", "mixed precision", "numerics change from here on"),
             ("cpu_threads", "CPU threads", "results differ in the last bits (exact resume on a CPU needs "
                                            "the same run.cpu_threads)"),
-            ("run_dir", "run folder", "the run was moved; paths inside it are relative")):
+            ("run_dir", "run folder", "the run was moved (checkpoints do not depend on their place)")):
         if key in extra and extra[key] != now["extra"].get(key):
             lines.append(f"{what} {extra[key]} -> {now['extra'].get(key)}: {effect}")
     for name, version in (saved.get("versions") or {}).items():

@@ -126,8 +126,8 @@ def read_validation_lines(lines: list[str], data: RunData) -> None:
             except ValueError:
                 continue
         reason = match.group(4)
-        code = (4 if "stopping" in reason else 3 if "rollback" in reason
-                else 2 if "reducing" in reason else None)
+        code = (4 if "stopping" in reason else 3 if "rolling back" in reason
+                else 2 if "LR scale" in reason else None)
         if code is not None:
             data.series.setdefault("plateau/event", {})[step] = float(code)
 

@@ -12,8 +12,9 @@ At each validation the session (main process) writes the recipe's media (`Valida
         <name>.mel.png
 
 A step folder is built as `.incomplete-step_<8 digits>/` and renamed into place when complete, so a
-reader never sees half of one; a validation of the same step again (after a resume) replaces it. The
-real files are written atomically. `<name>` is the utterance name without its audio extension, with
+reader never sees half of one; a validation of the same step again (after a resume) replaces it, and
+what a killed process left half-written is removed at the next save. The real files are written
+atomically. `<name>` is the utterance name without its audio extension, with
 characters other than letters, digits, `-`, `_` and `.` replaced by `_`.
 """
 
@@ -105,8 +106,10 @@ def save_validation_samples(run_dir: Path, *, step: int, epoch: int, media: list
     real_dir = root / REAL_DIR
     real_dir.mkdir(parents=True, exist_ok=True)
     final = root / step_folder_name(step)
+    # Left by a process killed while writing (only the main process writes here).
+    for leftover in (*root.glob(".incomplete-step_*"), *root.glob(".stale-step_*")):
+        shutil.rmtree(leftover, ignore_errors=True)
     partial = root / f".incomplete-{final.name}"
-    shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     entries = []
     used: set[str] = set()

@@ -38,6 +38,7 @@ def test_samples_of_a_validation_are_written_and_a_later_one_of_the_same_step_re
     assert rate == 32000 and len(audio) == 16000
     real, _ = sf.read(folder / sample["real_audio"])
     assert np.abs(real).max() == pytest.approx(0.3, abs=1e-3)
+    (tmp_path / "samples" / ".incomplete-step_00000003").mkdir()  # left by a killed process
     save_validation_samples(tmp_path, step=7, epoch=1, media=[_media("other.wav")], sampling_rate=32000,
                             metrics={"val/mel_loss": 1.0})
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "other.mel.png", "other.wav"]

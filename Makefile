@@ -50,6 +50,7 @@ demo-s1: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_data.py
 	$(PYTHON) benchmarks/bench_s2.py
+	$(PYTHON) benchmarks/bench_validation.py
 	$(PYTHON) benchmarks/bench_s1.py
 
 # Needs a CUDA GPU: the default v2 model in fp32/bf16/fp16 and under DeepSpeed ZeRO-2 (README, "Scaling out").

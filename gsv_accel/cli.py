@@ -8,7 +8,7 @@ write such a function and append it to `SUBCOMMANDS`.
 Exit codes (the same convention as the recipes, `gsv_accel.lifecycle`):
 
 * 0: done (`prepare`/`import-gsv`: the dataset is written or already up to date; `inspect`: the
-  report is printed);
+  report is printed; `report`: the HTML file is written);
 * 1: `inspect` of a gsv_accel checkpoint folder that fails verification (a file missing, truncated or
   not matching its sha256): the report is printed with `status: BROKEN` and the problem. This is a
   result, not a usage error;
@@ -217,12 +217,39 @@ def _add_import_gsv(subparsers: argparse._SubParsersAction) -> None:
     add_import_arguments(parser).set_defaults(run=run_import)
 
 
+def _run_report(args: argparse.Namespace) -> int:
+    from gsv_accel.report import write_report
+
+    if args.max_validations < 0:
+        raise UsageError(f"--max-validations must be >= 0, got {args.max_validations}")
+    path = write_report(args.run_dir, args.out, max_validations=args.max_validations)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return EXIT_OK
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report", help="write one self-contained HTML page about a run (plots, samples to listen to)",
+        description="Read a run folder (metrics.jsonl or train.log, samples/, checkpoints' manifests, "
+                    "exports/, config.yaml) and write one HTML file with everything embedded: plots of "
+                    "the training losses and validation metrics (best marked, LR reductions and early "
+                    "stop annotated), the validation samples next to the real utterances, checkpoints, "
+                    "exports and the config. Works offline, on a running run and on a moved one.")
+    parser.add_argument("run_dir", type=Path, help="the run folder (run.output_dir)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="HTML file to write (default <run>/report.html)")
+    parser.add_argument("--max-validations", type=int, default=8,
+                        help="embed the samples of at most this many validations (the best, the last and "
+                             "evenly spaced others; default 8)")
+    parser.set_defaults(run=_run_report)
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_inspect, _add_prepare,
-                                                                    _add_import_gsv]
+                                                                    _add_import_gsv, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,8 +270,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from gsv_accel.data.listfile import PrepareError
     from gsv_accel.formats import GSVFormatError
     from gsv_accel.models.sv import SpeakerCheckpointError
+    from gsv_accel.report import ReportError
 
-    return (UsageError, PrepareError, GSVFormatError, CheckpointError, DatasetCompatibilityError,
+    return (UsageError, ReportError, PrepareError, GSVFormatError, CheckpointError, DatasetCompatibilityError,
             SpeakerCheckpointError, ConfigError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
             PermissionError, FileExistsError)
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -159,19 +160,34 @@ class RunConfig:
             raise ValueError(f"run.exp_name must be a plain file-name part, got {self.exp_name!r}")
 
 
+# The metric a non-empty `validation.score` adds to every validation (higher is better).
+SCORE_METRIC = "val/score"
+
+
 @dataclass
 class ValidationConfig:
     """When to validate: every N optimizer steps and/or at the end of every N epochs (None = never
-    by that criterion). `max_items` caps the validation utterances used (None = all)."""
+    by that criterion). `max_items` caps the validation utterances used (None = all).
+
+    `score`: weights by metric name; when not empty every validation also reports
+    `val/score = sum(weight * metric)`, higher is better (give lower-is-better metrics a negative
+    weight), e.g. `{val/mel_loss: -1.0, val/speaker_sim: 10.0}`. Monitor it with `plateau.monitor:
+    val/score` and `plateau.mode: max`."""
 
     every_n_steps: int | None = None
     every_n_epochs: int | None = 1
     max_items: int | None = None
+    score: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive_or_none("validation.every_n_steps", self.every_n_steps)
         _positive_or_none("validation.every_n_epochs", self.every_n_epochs)
         _positive_or_none("validation.max_items", self.max_items)
+        for name, weight in self.score.items():
+            if name == SCORE_METRIC:
+                raise ValueError(f"validation.score cannot weight {SCORE_METRIC} itself")
+            if not math.isfinite(weight):
+                raise ValueError(f"validation.score.{name} must be a finite number, got {weight}")
 
 
 @dataclass

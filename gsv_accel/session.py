@@ -50,6 +50,7 @@ from .checkpoint import (
     library_versions,
 )
 from .config import (
+    SCORE_METRIC,
     CheckpointConfig,
     ConfigError,
     ValidationConfig,
@@ -81,8 +82,10 @@ from .lifecycle import (
 )
 from .plateau import PlateauConfig, PlateauController
 from .recipe import Recipe, RunOutcome, ValidationResult
+from .samples import save_validation_samples
 from .tracking import (
     TrackingConfig,
+    append_metrics_log,
     log_media,
     new_run_id,
     open_log_file,
@@ -206,11 +209,14 @@ class TrainingSession:
         optimizer settings), then opens the run folder: `train.log`, `config.yaml`, trackers. A run
         whose checkpoint says it finished is left untouched (`run` then only says so)."""
         acc = self.accelerator
-        reported = tuple(recipe.reported_metrics())
+        reported = scored_metrics(tuple(recipe.reported_metrics()), self.validation_cfg.score)
         monitor = self.plateau.cfg.monitor
         if monitor not in reported:
-            raise ConfigError(f"plateau.monitor={monitor!r} is not a metric this recipe reports; it reports "
-                              + ", ".join(reported))
+            hint = f" ({SCORE_METRIC} needs validation.score)" if monitor == SCORE_METRIC else ""
+            raise ConfigError(f"plateau.monitor={monitor!r} is not a metric this recipe reports{hint}; it "
+                              "reports " + ", ".join(reported))
+        if monitor == SCORE_METRIC and self.plateau.cfg.mode != "max":
+            raise ConfigError(f"plateau.monitor={SCORE_METRIC} is higher-is-better: set plateau.mode=max")
         self.recipe, self.models, self.export_model = recipe, list(models), export_model
         self.schedulers, self.sampler = list(schedulers), sampler
         self.schedule_per_step = schedule_per_step
@@ -371,7 +377,7 @@ class TrainingSession:
                 if progress.step % log_every == 0:
                     logs["train/nonfinite_steps_total"] = float(self.nonfinite_total)
                     logs.update(speed.logs())
-                    acc.log(logs, step=progress.step)
+                    self._log(logs)
                 bar.set_postfix(postfix(logs), refresh=False)
                 bar.update(1)
                 outcome = self.after_step(epoch_end=False)
@@ -422,17 +428,26 @@ class TrainingSession:
         with torch.random.fork_rng(devices=devices):
             return self.recipe.validate()
 
+    def _log(self, values: dict[str, float]) -> None:
+        """Log to the trackers and append the row to `<run>/metrics.jsonl` (main process)."""
+        self.accelerator.log(values, step=self.progress.step)
+        if self.accelerator.is_main_process:
+            append_metrics_log(self.run_dir, self.progress.step, self.progress.epoch, values)
+
     def _evaluate(self) -> RunOutcome:
-        """Validate, log every metric and the media, and act on the plateau controller's decision."""
+        """Validate (adding `val/score` when `validation.score` is set), log every metric and the
+        media, keep the samples in the run folder, and act on the plateau controller's decision."""
         progress, monitor = self.progress, self.plateau.cfg.monitor
         result = self.validate()
+        add_score(result.metrics, self.validation_cfg.score)
         if monitor not in result.metrics:
             raise ConfigError(f"plateau.monitor={monitor!r} is not among the validation's metrics: "
                               + ", ".join(result.metrics))
         metric = result.metrics[monitor]
         decision = self.plateau.update(metric, step=progress.step, epoch=progress.epoch)
-        self.accelerator.log({**result.metrics, **self.plateau.log_values()}, step=progress.step)
+        self._log({**result.metrics, **self.plateau.log_values()})
         log_media(self.accelerator, progress.step, result.media, result.sampling_rate or 0)
+        self._save_samples(result, decision.reason)
         others = ", ".join(f"{k} = {v:.5f}" for k, v in result.metrics.items() if k != monitor)
         logger.info("step %d epoch %d: %s = %.5f%s (%s)", progress.step, progress.epoch, monitor, metric,
                     f"; {others}" if others else "", decision.reason)
@@ -450,6 +465,19 @@ class TrainingSession:
         if decision.restore_best:  # a divergence rollback: back to the best weights, lower LR
             self.restore_best_weights()
         return RunOutcome.CONTINUE
+
+    def _save_samples(self, result: ValidationResult, decision: str) -> None:
+        """`<run>/samples/step_<N>/` (main process; `gsv_accel.samples`). Samples are for listening:
+        a failure to write them (disk full) is logged and training goes on; the checkpoint that
+        follows reports a full disk as it must."""
+        if not self.accelerator.is_main_process or not result.media:
+            return
+        try:
+            save_validation_samples(self.run_dir, step=self.progress.step, epoch=self.progress.epoch,
+                                    media=result.media, sampling_rate=result.sampling_rate or 0,
+                                    metrics=result.metrics, decision=decision)
+        except OSError as err:
+            logger.warning("validation samples of step %d not saved: %s", self.progress.step, err)
 
     # ------------------------------------------------------------------------------ checkpoints
     def save(self, reason: str, best: bool = False, weights_of_step: int | None = None) -> Path | None:
@@ -648,6 +676,25 @@ class TrainingSession:
         except (OSError, RuntimeError) as end_err:  # a tracker flushing to the same full disk
             logger.warning("ending the trackers failed too: %s", end_err)
         return EXIT_CODE_CHECKPOINT_WRITE
+
+
+def scored_metrics(reported: tuple[str, ...], score: dict[str, float]) -> tuple[str, ...]:
+    """The metrics a recipe reports plus `val/score` when `validation.score` weights some; a weight on
+    a metric the recipe does not report is refused, naming the ones it does."""
+    if not score:
+        return reported
+    unknown = [name for name in score if name not in reported]
+    if unknown:
+        raise ConfigError(f"validation.score weights {', '.join(unknown)}, which this recipe does not "
+                          "report; it reports " + ", ".join(reported))
+    return (*reported, SCORE_METRIC)
+
+
+def add_score(metrics: dict[str, float], score: dict[str, float]) -> None:
+    """Add `val/score` = sum(weight * metric) to one validation's metrics (nothing when `score` is
+    empty). Higher is better; NaN in a weighted metric makes the score NaN."""
+    if score:
+        metrics[SCORE_METRIC] = float(sum(weight * metrics[name] for name, weight in score.items()))
 
 
 # Optimizer/schedule settings that a config may change on resume; the rest of the optimizer's and

@@ -7,15 +7,25 @@
   `<run>/wandb/`, upload later with `wandb sync`). An explicit `WANDB_MODE` always wins. A resumed
   run passes the saved run id with `resume="allow"`, so online it continues the same W&B run.
 * TensorBoard event files go to `<run>/tensorboard/<project>/`.
+* `<run>/metrics.jsonl` (`append_metrics_log`): one JSON object per log call of the main process,
+  `{"step", "epoch", "time", <name>: <value>, ...}` (training rows every `log_every_n_steps`,
+  validation rows with the `plateau/*` values), appended and flushed line by line. A resumed run
+  appends the steps after its checkpoint again: for a step, the last line holding a key wins.
+  `gsv-accel report` reads it; it needs no tracker.
+* At each validation W&B also gets a `val_samples` table (step, name, text, real audio, generated
+  audio, mel image, transcript, the sample's metrics), so epochs can be compared by ear.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
+import math
 import netrc
 import os
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,11 +214,47 @@ def media_key(name: str) -> str:
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma")
 
 
+METRICS_LOG = "metrics.jsonl"
+
+
+def append_metrics_log(run_dir: Path, step: int, epoch: int, values: dict[str, Any]) -> None:
+    """Append one row to `<run>/metrics.jsonl` (main process; see the module docstring). Non-finite
+    values are written as null (strict JSON)."""
+    row: dict[str, Any] = {"step": step, "epoch": epoch, "time": round(time.time(), 3)}
+    for key, value in values.items():
+        number = float(value)
+        row[key] = number if math.isfinite(number) else None
+    with open(Path(run_dir) / METRICS_LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+SAMPLE_TABLE_COLUMNS = ("step", "name", "text", "real audio", "generated audio", "generated mel",
+                        "transcript")
+
+
+def samples_table(wandb, step: int, samples: list[dict[str, Any]], sampling_rate: int):
+    """The `val_samples` W&B table of one validation: one row per sample, a column per metric."""
+    metric_names = sorted({key for sample in samples for key in (sample.get("metrics") or {})})
+    table = wandb.Table(columns=[*SAMPLE_TABLE_COLUMNS, *metric_names])
+    for sample in samples:
+        real = sample.get("real_audio")
+        metrics = sample.get("metrics") or {}
+        table.add_data(step, media_key(sample["name"]), sample.get("text", ""),
+                       None if real is None else wandb.Audio(real, sample_rate=sampling_rate),
+                       None if sample.get("audio") is None else wandb.Audio(sample["audio"],
+                                                                            sample_rate=sampling_rate),
+                       wandb.Image(mel_to_image(sample["mel"])), sample.get("transcript", ""),
+                       *[metrics.get(name) for name in metric_names])
+    return table
+
+
 def log_media(accelerator, step: int, samples: list[dict[str, Any]], sampling_rate: int) -> None:
-    """Log generated audio and mel images: each sample is {name, audio (T,), mel (n_mels, T)}; a sample
+    """Log generated audio and mel images: each sample is {name, audio (T,), mel (n_mels, T)} and
+    optionally real_audio (T',), text, transcript and metrics ({name: value} of that sample). A sample
     without `audio` (a mel-only model without a vocoder) logs its mel image only.
 
-    Main process only; a tracker that is not configured is skipped.
+    W&B: `val_audio/<name>`, `val_mel/<name>` and the `val_samples` table; TensorBoard: the audio and
+    mel images. Main process only; a tracker that is not configured is skipped.
     """
     if not accelerator.is_main_process or not samples:
         return
@@ -223,6 +269,7 @@ def log_media(accelerator, step: int, samples: list[dict[str, Any]], sampling_ra
             if sample.get("audio") is not None:
                 payload[f"val_audio/{key}"] = wandb.Audio(sample["audio"], sample_rate=sampling_rate)
             payload[f"val_mel/{key}"] = wandb.Image(mel_to_image(sample["mel"]))
+        payload["val_samples"] = samples_table(wandb, step, samples, sampling_rate)
         run.log(payload, step=step)
     if "tensorboard" in names:
         writer = accelerator.get_tracker("tensorboard", unwrap=True)

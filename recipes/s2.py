@@ -22,11 +22,18 @@ text embedding / text encoder / MRTE at `text_low_lr_rate`, ExponentialLR steppe
 quantizer and SSL projection frozen. Validation generates every validation utterance through the
 inference path (noise scale 0) and reports `val/mel_loss`, the L1 between log-mels of the real and
 generated audio, averaged over all processes; the plateau controller (`plateau:` section) watches it.
+With `validation.speaker_model` (an ERes2NetV2 file) it also reports `val/speaker_sim`, the cosine
+similarity of the speaker embeddings of each generated utterance and its real recording, and with
+`validation.asr_model` (a local transformers Whisper-like or CTC folder) `val/cer`, the character (zh) /
+word (en) error rate of the recogniser's transcript of the generated audio against the utterance's
+text (`gsv_accel.quality`). Both models are loaded once, on the training device; train.log gives the
+seconds each part of a validation took.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +71,7 @@ from gsv_accel.models.sovits.commons import slice_segments
 from gsv_accel.models.sovits.config import SoVITSConfig
 from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
 from gsv_accel.plateau import PlateauConfig
+from gsv_accel.quality import SpeakerSimilarity, SpeechRecognizer, error_count
 from gsv_accel.recipe import StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
@@ -102,6 +110,18 @@ class S2DataConfig:
     def spectrogram(self) -> SpectrogramConfig:
         return SpectrogramConfig(self.sampling_rate, self.filter_length, self.hop_length, self.win_length,
                                  self.n_mel_channels, self.mel_fmin, self.mel_fmax)
+
+
+@dataclass
+class S2ValidationConfig(ValidationConfig):
+    """The shared `validation` section plus the voice-quality metrics' models (null = metric off).
+
+    `speaker_model`: an ERes2NetV2 state dict (.ckpt/.pth/.safetensors, e.g. GPT-SoVITS'
+    `pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt`) -> `val/speaker_sim`.
+    `asr_model`: a local transformers speech-recognition folder (Whisper-like or CTC) -> `val/cer`."""
+
+    speaker_model: str | None = None
+    asr_model: str | None = None
 
 
 @dataclass
@@ -151,7 +171,7 @@ class S2Config:
     model: SoVITSConfig = field(default_factory=SoVITSConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     train: S2TrainConfig = field(default_factory=S2TrainConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    validation: S2ValidationConfig = field(default_factory=S2ValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     plateau: PlateauConfig = field(default_factory=PlateauConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -200,6 +220,7 @@ class S2Recipe:
             ds.configure_plugins(acc, micro_batch_size=self.cfg.data.batch_size,
                                  grad_clip=self.cfg.train.grad_clip, grad_accum=self.cfg.train.grad_accum)
         self._setup_data()
+        self._setup_quality()
         # Models before optimizers: the optimizer's param groups refer to the (frozen or not) params.
         self._setup_models()
         self._setup_optimizers()
@@ -232,7 +253,7 @@ class S2Recipe:
         require_path("data.dataset", cfg.data.dataset, "folder")
         prepared = load_prepared(cfg.data.dataset, model_config=cfg.model, spectrogram_config=spectrogram)
         self.train_set = prepared.view("train")
-        self.val_set = prepared.view("validation")
+        self.val_set = prepared.view("validation", features=("ssl", "wav", "phones", "text"))
         self.sampler = LengthBucketBatchSampler(
             self.train_set.lengths, cfg.data.batch_size, cfg.data.bucket_boundaries,
             num_replicas=acc.num_processes, rank=acc.process_index, seed=cfg.run.seed)
@@ -247,6 +268,22 @@ class S2Recipe:
             pin_memory=acc.device.type == "cuda")
         self.features = SpectrogramExtractor(spectrogram).to(acc.device)
         self.val_collate = S2Collate(spectrogram)
+
+    def _setup_quality(self) -> None:
+        """The voice-quality models of validation (`validation.speaker_model`, `asr_model`), loaded
+        once on the training device; bad paths or files are refused before anything is written."""
+        vc, device = self.cfg.validation, self.accelerator.device
+        self.speaker_sim = self.asr = None
+        if vc.speaker_model:
+            started = time.perf_counter()
+            self.speaker_sim = SpeakerSimilarity.from_file(vc.speaker_model, device)
+            logger.info("validation: speaker similarity with %s (%d parameters, loaded in %.2f s)",
+                        vc.speaker_model, self.speaker_sim.num_parameters, time.perf_counter() - started)
+        if vc.asr_model:
+            started = time.perf_counter()
+            self.asr = SpeechRecognizer(vc.asr_model, device)
+            logger.info("validation: speech recognition with %s (%s, %d parameters, loaded in %.2f s)",
+                        vc.asr_model, self.asr.kind, self.asr.num_parameters, time.perf_counter() - started)
 
     def _setup_models(self) -> None:
         cfg = self.cfg
@@ -300,7 +337,8 @@ class S2Recipe:
                                   "d": f"{logs['train/loss_disc']:.3f}"})
 
     def reported_metrics(self) -> tuple[str, ...]:
-        return ("val/mel_loss",)
+        return ("val/mel_loss", *(("val/speaker_sim",) if self.speaker_sim is not None else ()),
+                *(("val/cer",) if self.asr is not None else ()))
 
     def train_step(self, micro_batches: list[dict]) -> StepResult:
         """One optimizer step of D then G over `grad_accum` micro-batches (the official order for
@@ -377,17 +415,23 @@ class S2Recipe:
     @torch.no_grad()
     def validate(self) -> ValidationResult:
         """`val/mel_loss` over the validation split, generated through the inference path with noise
-        scale 0, averaged over all processes (each takes every W-th utterance), and a few generated
-        utterances for the trackers."""
+        scale 0, averaged over all processes (each takes every W-th utterance); `val/speaker_sim`
+        (mean over utterances) and `val/cer` (edits / reference tokens, summed over utterances) when
+        their models are set; and a few utterances for the trackers and the run folder (generated
+        and real audio and mels, text, transcript, the utterance's own metrics)."""
         acc = self.accelerator
         generator = acc.unwrap_model(self.net_g)
         generator.eval()
         limit = self.cfg.validation.max_items or len(self.val_set)
         indices = list(range(min(limit, len(self.val_set))))[acc.process_index::acc.num_processes]
-        total = torch.zeros(2, device=acc.device)
+        # mel L1 sum, utterances, speaker similarity sum, ASR edits, reference tokens
+        total = torch.zeros(5, device=acc.device)
+        seconds = {"generation": 0.0, "speaker similarity": 0.0, "speech recognition": 0.0}
         samples = []
         for index in indices:
-            batch = self.val_collate([self.val_set[index]])
+            started = time.perf_counter()
+            item = self.val_set[index]
+            batch = self.val_collate([item])
             ssl, spec, text, wav = (batch[k].to(acc.device) for k in ("ssl", "spec", "text", "wav"))
             frames = int(batch["spec_lengths"][0])
             with self.autocast():
@@ -395,18 +439,50 @@ class S2Recipe:
                 sv_emb = self._sv_emb(batch)
                 fake = generator.decode(codes.transpose(0, 1), text, spec[:, :, :frames], noise_scale=0.0,
                                         sv_emb=None if sv_emb is None else sv_emb.to(acc.device))
-            mel_real = self.features.mel(wav[:, 0, : int(batch["wav_lengths"][0])].float())
-            mel_fake = self.features.mel(fake[:, 0].float())
+            real = wav[0, 0, : int(batch["wav_lengths"][0])].float()
+            generated = fake[0, 0].float()
+            mel_real = self.features.mel(real[None])
+            mel_fake = self.features.mel(generated[None])
             length = min(mel_real.size(-1), mel_fake.size(-1))
-            total[0] += torch.nn.functional.l1_loss(mel_fake[..., :length], mel_real[..., :length])
+            mel_loss = torch.nn.functional.l1_loss(mel_fake[..., :length], mel_real[..., :length])
+            total[0] += mel_loss
             total[1] += 1
+            metrics = {"val/mel_loss": float(mel_loss)}
+            seconds["generation"] += time.perf_counter() - started
+            if self.speaker_sim is not None:
+                started = time.perf_counter()
+                metrics["val/speaker_sim"] = self.speaker_sim.similarity(generated, real, key=item["name"])
+                total[2] += metrics["val/speaker_sim"]
+                seconds["speaker similarity"] += time.perf_counter() - started
+            transcript = None
+            if self.asr is not None:
+                started = time.perf_counter()
+                # A transcript much longer than the text is all errors anyway: bound the decoding.
+                bound = 2 * len(item["text"]) + 16
+                transcript = self.asr.transcribe(generated, self.cfg.data.sampling_rate,
+                                                 language=item["lang"], max_new_tokens=bound)
+                count = error_count(item["text"], transcript)
+                metrics["val/cer"] = count.rate
+                total[3] += count.errors
+                total[4] += count.reference_tokens
+                seconds["speech recognition"] += time.perf_counter() - started
             if acc.is_main_process and len(samples) < self.cfg.tracking.num_samples:
-                samples.append({"name": batch["names"][0], "audio": fake[0, 0].float().cpu().numpy(),
-                                "mel": mel_fake[0].cpu().numpy()})
+                samples.append({"name": batch["names"][0], "audio": generated.cpu().numpy(),
+                                "mel": mel_fake[0].cpu().numpy(), "real_audio": real.cpu().numpy(),
+                                "real_mel": mel_real[0].cpu().numpy(), "text": item["text"],
+                                "transcript": transcript, "metrics": metrics})
         generator.train()
         total = sum_over_processes(acc, total)
-        return ValidationResult({"val/mel_loss": float(total[0] / total[1].clamp(min=1))}, samples,
-                                self.cfg.data.sampling_rate)
+        count = total[1].clamp(min=1)
+        result = {"val/mel_loss": float(total[0] / count)}
+        if self.speaker_sim is not None:
+            result["val/speaker_sim"] = float(total[2] / count)
+        if self.asr is not None:
+            result["val/cer"] = float(total[3] / total[4].clamp(min=1))
+        logger.info("validation of %d utterance(s) on this process: %s", len(indices),
+                    ", ".join(f"{part} {value:.2f} s" for part, value in seconds.items()
+                              if value or part == "generation"))
+        return ValidationResult(result, samples, self.cfg.data.sampling_rate)
 
     # --------------------------------------------------------------------------------- exports
     def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:

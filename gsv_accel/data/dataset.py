@@ -273,12 +273,13 @@ class GSVDataset(torch.utils.data.Dataset):
 
     `features` picks what `__getitem__` returns besides `name` and `spec_frames`:
     `ssl` (D, T_ssl) float32, `wav` (1, T) float32 in [-1, 1), `phones` (n,) int64 phone ids,
-    `semantic` (T_sem,) int64, `bert` (bert_dim, n) float32 (zeros for non-zh rows).
+    `semantic` (T_sem,) int64, `bert` (bert_dim, n) float32 (zeros for non-zh rows), `text`: the
+    normalised text (str) and its `lang` (validation's intelligibility score reads them).
     Items also carry `sv_emb` (D_sv,) float32 whenever the dataset has that column (v2Pro/v2ProPlus;
     `S2Collate` stacks it); naming "sv_emb" in `features` makes the column required.
     """
 
-    FEATURES = ("ssl", "wav", "phones", "semantic", "bert")
+    FEATURES = ("ssl", "wav", "phones", "semantic", "bert", "text")
     # Feature -> the `prepare` option that computes its column.
     _OPTIONAL = {"semantic": "--s2-pretrained", "bert": "--bert", "sv_emb": "--sv"}
 
@@ -341,6 +342,8 @@ class GSVDataset(torch.utils.data.Dataset):
                 item["bert"] = torch.zeros(self.bert_dim, len(phones))
             else:
                 item["bert"] = _float_tensor(bert).view(self.bert_dim, -1)
+        if "text" in self.features:
+            item["text"], item["lang"] = rows.scalar("text", index), rows.scalar("lang", index)
         if self.with_sv:
             item["sv_emb"] = _float_tensor(rows.list_cell("sv_emb", index))
         return item

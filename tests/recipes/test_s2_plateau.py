@@ -20,7 +20,7 @@ EARLY_STOP = ("train.epochs=30", "validation.every_n_steps=1", "validation.every
 
 def _evaluations(log: str) -> list[tuple[int, float, str]]:
     return [(int(step), float(value), reason) for step, value, reason in
-            re.findall(r"step (\d+) epoch \d+: val/mel_loss = ([0-9.]+) \((.*)\)", log)]
+            re.findall(r"step (\d+) epoch \d+: val/mel_loss = ([0-9.]+)[^(]* \((.*)\)", log)]
 
 
 def test_overfitting_config_stops_early_and_exports_the_lowest_val_model(s2_run):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +41,15 @@ EXIT_OK = 0
 EXIT_CHECKPOINT_BROKEN = 1
 EXIT_ERROR = EXIT_CHECKPOINT_BROKEN  # the former name
 EXIT_USER_ERROR = EXIT_CODE_USER_ERROR
+
+
+class BrokenCheckpoint(Exception):
+    """A checkpoint folder (named like one) that cannot even be described: exit 1, like a failed
+    verification."""
+
+
+# Checkpoint folders: step_<8 digits>, also while being written (.incomplete-) or set aside.
+_CHECKPOINT_NAME = re.compile(r"^(\.incomplete-|corrupt-)?step_\d{8}")
 
 
 class UsageError(Exception):
@@ -122,6 +132,9 @@ def inspect_checkpoint(folder: Path) -> dict[str, Any]:
     """A checkpoint folder's manifest, with every file checked against its recorded sha256."""
     from gsv_accel.checkpoint import MANIFEST_NAME, CheckpointError, read_manifest, verify_checkpoint
 
+    if not (folder / MANIFEST_NAME).is_file() and _CHECKPOINT_NAME.match(folder.name):
+        raise BrokenCheckpoint(f"{folder}: BROKEN: no {MANIFEST_NAME}, the save never completed; it is never "
+                               "resumed from (--resume auto takes the newest complete checkpoint)")
     if not (folder / MANIFEST_NAME).is_file():
         raise UsageError(f"{folder}: a folder without {MANIFEST_NAME}, so not a gsv_accel checkpoint (or one "
                          f"whose save never completed); {INSPECT_WHAT} such as "
@@ -289,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = user_errors()
     try:
         return int(args.run(args))
+    except BrokenCheckpoint as err:
+        print(f"gsv-accel {args.command}: {one_line(err)}", file=sys.stderr)
+        return EXIT_CHECKPOINT_BROKEN
     except errors as err:
         message = _os_error_message(err) if isinstance(err, OSError) else one_line(err)
         print(f"gsv-accel {args.command}: error: {message}", file=sys.stderr)

@@ -193,9 +193,9 @@ def test_inspect_shows_manifest_and_reports_a_corrupt_file(tmp_path, accel_parts
     assert main(["inspect", str(folder)]) == 1
     out = capsys.readouterr().out
     assert "BROKEN" in out and "model.safetensors does not match its sha256" in out
-    (folder / MANIFEST_NAME).unlink()  # no manifest: not a checkpoint (or an unfinished save), a user error
-    assert main(["inspect", str(folder)]) == 2
-    assert "without manifest.json" in capsys.readouterr().err
+    (folder / MANIFEST_NAME).unlink()  # a checkpoint folder without manifest: an unfinished save, broken
+    assert main(["inspect", str(folder)]) == 1
+    assert "no manifest.json, the save never completed" in capsys.readouterr().err
 
 
 def test_a_save_that_cannot_be_written_leaves_no_partial_and_keeps_the_earlier_ones(

@@ -20,9 +20,7 @@ times:
   progress bar. Framework overhead = (recipe step time - bare step time) / bare step time, the median
   over consecutive step pairs (target < 3%). Both start from the same seed and see the same batches,
   so their weights must agree at the end: the table says by how much (0 = the bare loop is exactly the
-  recipe's computation). The overhead is also given in CPU time of the (single) torch thread, the same
-  median over step pairs: on a machine shared with other jobs, wall-time pairs swing by +-10% or more
-  when a neighbour takes the core, CPU time much less (with `--threads 1` only).
+  recipe's computation).
 
 The model's training forward draws from torch (prompt lengths, time steps, noise, dropout, the
 shortcut step sizes) and from Python's global `random` (the shortcut coin, `random.random() < 0.3`,
@@ -130,7 +128,7 @@ class BareLoop(OwnRNG):
         from gsv_accel.models.sovits.lora import add_lora
 
         tc = cfg.train
-        self.cfg, self.done, self.cpu = cfg, 0, []
+        self.cfg, self.done = cfg, 0
         n = tc.grad_accum
         self.groups = [batches[i:i + n] for i in range(0, len(batches) - n + 1, n)]  # one epoch's steps
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,9 +151,7 @@ class BareLoop(OwnRNG):
         random.setstate(state[2])
 
     def step(self) -> float:
-        """One optimizer step on the next micro-batches; returns its seconds (the RNG swaps excluded)
-        and appends the calling thread's CPU seconds of the whole call to `self.cpu`."""
-        cpu = time.thread_time()
+        """One optimizer step on the next micro-batches; returns its seconds (the RNG swaps excluded)."""
         with self.own_rng():
             start = time.perf_counter()
             self._step(self.groups[self.done % len(self.groups)])
@@ -164,7 +160,6 @@ class BareLoop(OwnRNG):
                 self.scheduler.step()
             _sync(self.device)
             seconds = time.perf_counter() - start
-        self.cpu.append(time.thread_time() - cpu)
         return seconds
 
     def _step(self, micro_batches: list[dict]) -> None:
@@ -187,25 +182,7 @@ class BareLoop(OwnRNG):
 
 
 class TimedCFMRecipe(StepTimer, CFMRecipe):
-    """CFMRecipe under bench_s2's StepTimer, also recording per step the calling thread's CPU seconds:
-    `cpu`, over the same interval as `step` (the companion's share taken out), and `bare_cpu`, the
-    companion's step. With one torch thread all of a step's work runs on that thread (the CPU autograd
-    engine runs the backward on the caller), so CPU time is the step's cost without the time other
-    jobs on the machine took the core away."""
-
-    extra_keys = ("cpu", "bare_cpu")
-
-    def train(self) -> int:
-        self._last_cpu = time.thread_time()
-        return super().train()
-
-    def record_extra(self, micro_batches: list[dict], record: dict[str, list[float]]) -> None:
-        now = time.thread_time()
-        aside = self.companion.cpu[-1] if self.companion is not None else 0.0  # ran in this interval
-        record["cpu"].append(now - self._last_cpu - aside)
-        if self.companion is not None:
-            record["bare_cpu"].append(aside)
-        self._last_cpu = now
+    """CFMRecipe under bench_s2's StepTimer."""
 
 
 def run_recipe(cfg: CFMConfig, batches: list[dict] | None, paired: bool = False) -> dict:
@@ -251,8 +228,6 @@ def main() -> None:
     bare = mean(per_step_median(paired, "bare", warm))
     outside = mean(per_step_median(paired, "step", warm, minus="inside"))
     overhead, pairs = lockstep_overhead(paired, warm)
-    cpu_overhead, _ = lockstep_overhead([{"step": run["cpu"], "bare": run["bare_cpu"]} for run in paired],
-                                        warm)
 
     _row(f"demo cadence: steps/s (validation every epoch of {len(batches)} steps, checkpoints)",
          1 / cadence_step, "steps / s")
@@ -264,9 +239,6 @@ def main() -> None:
     _row("training only, pre-collated batches: bare loop (in lockstep)", 1 / bare, "steps / s")
     _row("recipe per step outside train_step (loop bookkeeping)", 1e3 * outside, "ms")
     _row("framework overhead (recipe - bare) / bare (target < 3)", 100 * overhead, "%")
-    if torch.get_num_threads() == 1:  # other threads' CPU time is not counted
-        _row("framework overhead in thread CPU time (time other jobs took the core left out)",
-             100 * cpu_overhead, "%")
     _row("bare loop vs recipe: max |weight difference| at the end (0 = same math)",
          max(run["weight_diff"] for run in paired), "")
     report("S2 v3 (CFM, LoRA) demo config", RESULTS, args, runs, pairs)

@@ -90,6 +90,7 @@ def load_cfg(dataset: Path, output_dir: Path, steps: int, steps_per_epoch: int, 
     from gsv_accel.config import load_config
 
     overrides = [f"data.dataset={dataset}", f"run.output_dir={output_dir}", f"train.max_steps={steps}",
+                 f"run.cpu_threads={torch.get_num_threads()}",  # the benchmark's --threads, set before
                  "tracking.wandb=false", "tracking.tensorboard=false"]
     cfg = load_config(S1Config, DEFAULT_CONFIG, overrides)
     # Enough epochs for the steps asked for (the demo's own count, and so its LR schedule, when

@@ -93,6 +93,7 @@ def load_cfg(dataset: Path, output_dir: Path, steps: int, cadence: bool) -> S2Co
     from gsv_accel.config import load_config
 
     overrides = [f"data.dataset={dataset}", f"run.output_dir={output_dir}", f"train.max_steps={steps}",
+                 f"run.cpu_threads={torch.get_num_threads()}",  # the benchmark's --threads, set before
                  "tracking.wandb=false", "tracking.tensorboard=false"]
     cfg = load_config(S2Config, DEFAULT_CONFIG, overrides)
     cfg.train.epochs = max(cfg.train.epochs, steps)  # enough epochs for the steps asked for

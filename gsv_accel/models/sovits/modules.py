@@ -359,13 +359,15 @@ class HiFiGANGenerator(nn.Module):
 
     The official `Generator` class of GPT-SoVITS' models.py. Each upsampling stage halves the channel
     count and is followed by len(resblock_kernel_sizes) parallel residual blocks whose outputs are
-    averaged.
+    averaged. `is_bias` gives the last convolution a bias (the v4 vocoder has one, the v2 decoder not);
+    `remove_weight_norm()` folds the weight norms into plain `weight` parameters, the layout of the
+    inference checkpoints (`gsv-v4-pretrained/vocoder.pth`).
     """
 
     def __init__(self, initial_channel: int, resblock: str, resblock_kernel_sizes: Sequence[int],
                  resblock_dilation_sizes: Sequence[Sequence[int]], upsample_rates: Sequence[int],
                  upsample_initial_channel: int, upsample_kernel_sizes: Sequence[int],
-                 gin_channels: int = 0) -> None:
+                 gin_channels: int = 0, is_bias: bool = False) -> None:
         super().__init__()
         if resblock not in ("1", "2"):
             raise ValueError(f"resblock must be '1' or '2', got {resblock!r}")
@@ -389,7 +391,8 @@ class HiFiGANGenerator(nn.Module):
             channels //= 2
             for block_kernel, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes, strict=True):
                 self.resblocks.append(block_class(channels, block_kernel, dilations))
-        self.conv_post = nn.Conv1d(channels, 1, 7, 1, padding=3, bias=False)
+        self.conv_post = nn.Conv1d(channels, 1, 7, 1, padding=3, bias=is_bias)
+        self.hop_length = math.prod(upsample_rates)
         if gin_channels != 0:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
 

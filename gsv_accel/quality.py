@@ -20,15 +20,19 @@ maintained library for it, needs `rapidfuzz`, a compiled extension, which is mor
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import ConfigError, require_path
+from .config import ConfigError, ValidationConfig, require_path
+
+logger = logging.getLogger(__name__)
 
 # CJK ideographs (unified, extensions, compatibility) and kana: one token per character.
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
@@ -214,3 +218,97 @@ class SpeechRecognizer:
         finally:
             hf_logging.set_verbosity(verbosity)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0]
+
+
+# ------------------------------------------------------------------------------------ recipe helper
+
+
+@dataclass
+class QualityValidationConfig(ValidationConfig):
+    """The shared `validation` section plus the voice-quality metrics' models (null = metric off).
+
+    `speaker_model`: an ERes2NetV2 state dict (.ckpt/.pth/.safetensors, e.g. GPT-SoVITS'
+    `pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt`) -> `val/speaker_sim`.
+    `asr_model`: a local transformers speech-recognition folder (Whisper-like or CTC) -> `val/cer`."""
+
+    speaker_model: str | None = None
+    asr_model: str | None = None
+
+
+@dataclass
+class QualityScore:
+    """One utterance's voice-quality metrics, transcript, and what the recipe sums over utterances:
+    `sums` = (speaker similarity, ASR edits, reference tokens), zeros for metrics that are off."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    transcript: str | None = None
+    sums: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class VoiceQuality:
+    """The optional voice-quality metrics of a recipe's validation (`val/speaker_sim`, `val/cer`),
+    shared by the recipes that generate audio: `from_config` loads the configured models once,
+    `score` measures one generated utterance against its real recording and text, `summarise` turns the
+    sums over all utterances (and processes) into the metrics."""
+
+    def __init__(self, speaker_sim: SpeakerSimilarity | None = None,
+                 asr: SpeechRecognizer | None = None) -> None:
+        self.speaker_sim = speaker_sim
+        self.asr = asr
+
+    @classmethod
+    def from_config(cls, vc: QualityValidationConfig, device: torch.device | str) -> VoiceQuality:
+        """The models of `validation.speaker_model` / `asr_model`, loaded on `device`; bad paths or
+        files raise ConfigError (before anything is written)."""
+        speaker_sim = asr = None
+        if vc.speaker_model:
+            started = time.perf_counter()
+            speaker_sim = SpeakerSimilarity.from_file(vc.speaker_model, device)
+            logger.info("validation: speaker similarity with %s (%d parameters, loaded in %.2f s)",
+                        vc.speaker_model, speaker_sim.num_parameters, time.perf_counter() - started)
+        if vc.asr_model:
+            started = time.perf_counter()
+            asr = SpeechRecognizer(vc.asr_model, device)
+            logger.info("validation: speech recognition with %s (%s, %d parameters, loaded in %.2f s)",
+                        vc.asr_model, asr.kind, asr.num_parameters, time.perf_counter() - started)
+        return cls(speaker_sim, asr)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return (*(("val/speaker_sim",) if self.speaker_sim is not None else ()),
+                *(("val/cer",) if self.asr is not None else ()))
+
+    def score(self, generated: torch.Tensor, real: torch.Tensor, sampling_rate: int, *, key: str, text: str,
+              lang: str | None) -> QualityScore:
+        """Metrics of one generated (N,) waveform against the real one (both at `sampling_rate`, which
+        must be 32 kHz for the speaker model) and the reference `text`; `key` caches the real one's
+        speaker embedding."""
+        result = QualityScore()
+        similarity = errors = tokens = 0.0
+        if self.speaker_sim is not None:
+            started = time.perf_counter()
+            similarity = self.speaker_sim.similarity(generated, real, key=key)
+            result.metrics["val/speaker_sim"] = similarity
+            result.seconds["speaker similarity"] = time.perf_counter() - started
+        if self.asr is not None:
+            started = time.perf_counter()
+            # A transcript much longer than the text is all errors anyway: bound the decoding.
+            bound = 2 * len(text) + 16
+            result.transcript = self.asr.transcribe(generated, sampling_rate, language=lang,
+                                                    max_new_tokens=bound)
+            count = error_count(text, result.transcript)
+            result.metrics["val/cer"] = count.rate
+            errors, tokens = count.errors, count.reference_tokens
+            result.seconds["speech recognition"] = time.perf_counter() - started
+        result.sums = (similarity, errors, tokens)
+        return result
+
+    def summarise(self, sums: torch.Tensor, utterances: torch.Tensor) -> dict[str, float]:
+        """The metrics from the sums of `score(...).sums` over all utterances (3 values) and their count."""
+        result = {}
+        if self.speaker_sim is not None:
+            result["val/speaker_sim"] = float(sums[0] / utterances.clamp(min=1))
+        if self.asr is not None:
+            result["val/cer"] = float(sums[1] / sums[2].clamp(min=1))
+        return result

@@ -43,7 +43,6 @@ from gsv_accel.audio import SpectrogramConfig, SpectrogramExtractor
 from gsv_accel.config import (
     CheckpointConfig,
     RunConfig,
-    ValidationConfig,
     check_training_loop,
     require_path,
     to_dict,
@@ -71,7 +70,7 @@ from gsv_accel.models.sovits.commons import slice_segments
 from gsv_accel.models.sovits.config import SoVITSConfig
 from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.quality import SpeakerSimilarity, SpeechRecognizer, error_count
+from gsv_accel.quality import QualityValidationConfig, VoiceQuality
 from gsv_accel.recipe import StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
@@ -112,16 +111,8 @@ class S2DataConfig:
                                  self.n_mel_channels, self.mel_fmin, self.mel_fmax)
 
 
-@dataclass
-class S2ValidationConfig(ValidationConfig):
-    """The shared `validation` section plus the voice-quality metrics' models (null = metric off).
-
-    `speaker_model`: an ERes2NetV2 state dict (.ckpt/.pth/.safetensors, e.g. GPT-SoVITS'
-    `pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt`) -> `val/speaker_sim`.
-    `asr_model`: a local transformers speech-recognition folder (Whisper-like or CTC) -> `val/cer`."""
-
-    speaker_model: str | None = None
-    asr_model: str | None = None
+# The shared `validation` section plus the voice-quality metrics' models (see gsv_accel.quality).
+S2ValidationConfig = QualityValidationConfig
 
 
 @dataclass
@@ -272,18 +263,7 @@ class S2Recipe:
     def _setup_quality(self) -> None:
         """The voice-quality models of validation (`validation.speaker_model`, `asr_model`), loaded
         once on the training device; bad paths or files are refused before anything is written."""
-        vc, device = self.cfg.validation, self.accelerator.device
-        self.speaker_sim = self.asr = None
-        if vc.speaker_model:
-            started = time.perf_counter()
-            self.speaker_sim = SpeakerSimilarity.from_file(vc.speaker_model, device)
-            logger.info("validation: speaker similarity with %s (%d parameters, loaded in %.2f s)",
-                        vc.speaker_model, self.speaker_sim.num_parameters, time.perf_counter() - started)
-        if vc.asr_model:
-            started = time.perf_counter()
-            self.asr = SpeechRecognizer(vc.asr_model, device)
-            logger.info("validation: speech recognition with %s (%s, %d parameters, loaded in %.2f s)",
-                        vc.asr_model, self.asr.kind, self.asr.num_parameters, time.perf_counter() - started)
+        self.quality = VoiceQuality.from_config(self.cfg.validation, self.accelerator.device)
 
     def _setup_models(self) -> None:
         cfg = self.cfg
@@ -337,8 +317,7 @@ class S2Recipe:
                                   "d": f"{logs['train/loss_disc']:.3f}"})
 
     def reported_metrics(self) -> tuple[str, ...]:
-        return ("val/mel_loss", *(("val/speaker_sim",) if self.speaker_sim is not None else ()),
-                *(("val/cer",) if self.asr is not None else ()))
+        return ("val/mel_loss", *self.quality.metric_names)
 
     def train_step(self, micro_batches: list[dict]) -> StepResult:
         """One optimizer step of D then G over `grad_accum` micro-batches (the official order for
@@ -449,23 +428,14 @@ class S2Recipe:
             total[1] += 1
             metrics = {"val/mel_loss": float(mel_loss)}
             seconds["generation"] += time.perf_counter() - started
-            if self.speaker_sim is not None:
-                started = time.perf_counter()
-                metrics["val/speaker_sim"] = self.speaker_sim.similarity(generated, real, key=item["name"])
-                total[2] += metrics["val/speaker_sim"]
-                seconds["speaker similarity"] += time.perf_counter() - started
-            transcript = None
-            if self.asr is not None:
-                started = time.perf_counter()
-                # A transcript much longer than the text is all errors anyway: bound the decoding.
-                bound = 2 * len(item["text"]) + 16
-                transcript = self.asr.transcribe(generated, self.cfg.data.sampling_rate,
-                                                 language=item["lang"], max_new_tokens=bound)
-                count = error_count(item["text"], transcript)
-                metrics["val/cer"] = count.rate
-                total[3] += count.errors
-                total[4] += count.reference_tokens
-                seconds["speech recognition"] += time.perf_counter() - started
+            score = self.quality.score(generated, real, self.cfg.data.sampling_rate, key=item["name"],
+                                       text=item["text"], lang=item["lang"])
+            metrics.update(score.metrics)
+            transcript = score.transcript
+            for offset, value in enumerate(score.sums):
+                total[2 + offset] += value
+            for part, value in score.seconds.items():
+                seconds[part] += value
             if acc.is_main_process and len(samples) < self.cfg.tracking.num_samples:
                 samples.append({"name": batch["names"][0], "audio": generated.cpu().numpy(),
                                 "mel": mel_fake[0].cpu().numpy(), "real_audio": real.cpu().numpy(),
@@ -474,11 +444,7 @@ class S2Recipe:
         generator.train()
         total = sum_over_processes(acc, total)
         count = total[1].clamp(min=1)
-        result = {"val/mel_loss": float(total[0] / count)}
-        if self.speaker_sim is not None:
-            result["val/speaker_sim"] = float(total[2] / count)
-        if self.asr is not None:
-            result["val/cer"] = float(total[3] / total[4].clamp(min=1))
+        result = {"val/mel_loss": float(total[0] / count), **self.quality.summarise(total[2:], total[1])}
         logger.info("validation of %d utterance(s) on this process: %s", len(indices),
                     ", ".join(f"{part} {value:.2f} s" for part, value in seconds.items()
                               if value or part == "generation"))

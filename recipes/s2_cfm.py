@@ -25,7 +25,12 @@ Validation (deterministic, so epochs compare): `val/cfm_loss`, the training loss
 split with fixed noise, time steps and shortcut draws (`sampling.seed`); `val/mel_loss`, the L1
 between each validation utterance's real mel and the mel the CFM samples for its codes and phones in
 `sampling.steps` Euler steps from fixed noise, continuing a fixed training utterance as the prompt
-(as inference continues the reference); mel images go to the trackers (audio needs a vocoder).
+(as inference continues the reference); mel images go to the trackers. With `sampling.vocoder` (v3: the
+official BigVGAN folder `models--nvidia--bigvgan_v2_24khz_100band_256x`, v4: `gsv-v4-pretrained/
+vocoder.pth`; `gsv_accel.models.vocoder`) the sampled and real mels are also turned into audio
+(denormalised, vocoded, resampled to 32 kHz), saved in `<run>/samples/` and sent to the trackers, and
+`validation.speaker_model` / `validation.asr_model` add `val/speaker_sim` / `val/cer` of the sampled
+audio against the vocoded real mel, as in the v2 recipe (`gsv_accel.quality`).
 
 Exports: LoRA runs write the official LoRA file (`<exp>_e<E>_s<S>_l<rank>.pth`, header `03`/`04`,
 fp16, the trained and LoRA weights) to `exports/SoVITS_weights_v3/` (`_v4/`), and with
@@ -37,18 +42,20 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import DistributedDataParallelKwargs
 
+from gsv_accel.audio import denormalize_cfm_mel, resample_audio
 from gsv_accel.cfm_export import export_cfm_full, export_cfm_lora, lora_export_name
 from gsv_accel.config import (
     CheckpointConfig,
     ConfigError,
     RunConfig,
-    ValidationConfig,
     check_training_loop,
     require_path,
     to_dict,
@@ -63,7 +70,9 @@ from gsv_accel.lifecycle import exit_process
 from gsv_accel.models.sovits.config import SoVITSV3Config
 from gsv_accel.models.sovits.generator_v3 import SynthesizerTrnV3
 from gsv_accel.models.sovits.lora import add_lora, has_lora, lora_state_dict, merge_lora
+from gsv_accel.models.vocoder import VocoderFileError, load_vocoder
 from gsv_accel.plateau import PlateauConfig
+from gsv_accel.quality import QualityValidationConfig, VoiceQuality
 from gsv_accel.recipe import StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
@@ -71,6 +80,7 @@ from gsv_accel.tracking import TrackingConfig
 
 logger = logging.getLogger("recipes.s2_cfm")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+AUDIO_RATE = 32000  # the rate of the validation audio (speaker model, trackers, samples)
 DEFAULT_CONFIG = REPO_ROOT / "recipes" / "configs" / "s2_cfm_demo.yaml"
 
 
@@ -123,6 +133,9 @@ class SamplingConfig:
     steps: int = 16  # Euler steps (official inference: 32)
     seed: int = 1234
     max_items: int | None = 4  # validation utterances sampled for val/mel_loss (sampling is slow)
+    # The vocoder turning sampled mels into audio (null: mels only). v3: the official BigVGAN folder
+    # models--nvidia--bigvgan_v2_24khz_100band_256x; v4: gsv-v4-pretrained/vocoder.pth.
+    vocoder: str | None = None
 
 
 @dataclass
@@ -138,7 +151,7 @@ class CFMConfig:
     train: CFMTrainConfig = field(default_factory=CFMTrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     export: CFMExportConfig = field(default_factory=CFMExportConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    validation: QualityValidationConfig = field(default_factory=QualityValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     plateau: PlateauConfig = field(default_factory=lambda: PlateauConfig(monitor="val/cfm_loss"))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -175,6 +188,7 @@ class CFMRecipe:
             raise ConfigError("the v3/v4 recipe does not run under DeepSpeed yet: launch it with "
                               "recipes/accelerate/single_gpu.yaml or multi_gpu.yaml (DDP)")
         self._setup_data()
+        self._setup_audio()
         self.model = SynthesizerTrnV3(cfg.model)
         if cfg.train.pretrained_s2G and not session.resuming:
             pretrained = require_path("train.pretrained_s2G", cfg.train.pretrained_s2G)
@@ -211,6 +225,34 @@ class CFMRecipe:
         names = self.train_set.names
         self.prompt = self.collate([self.train_set[min(range(len(names)), key=names.__getitem__)]])
 
+    def _setup_audio(self) -> None:
+        """The vocoder of `sampling.vocoder` and the voice-quality models, loaded once on the training
+        device; bad paths or files are refused before anything is written."""
+        cfg, device = self.cfg, self.accelerator.device
+        self.vocoder, self.vocoder_rate = None, AUDIO_RATE
+        if cfg.sampling.vocoder:
+            path = require_path("sampling.vocoder", cfg.sampling.vocoder,
+                                "folder" if cfg.model.version == "v3" else "file")
+            try:
+                vocoder, self.vocoder_rate = load_vocoder(cfg.model.version, path)
+            except VocoderFileError as err:
+                raise ConfigError(f"sampling.vocoder={cfg.sampling.vocoder}: {err}") from err
+            self.vocoder = vocoder.to(device)
+            logger.info("validation: %s vocoder %s (%d parameters, %d Hz)", cfg.model.version, path,
+                        sum(p.numel() for p in vocoder.parameters()), self.vocoder_rate)
+        self.quality = VoiceQuality.from_config(cfg.validation, device)
+        if self.quality.metric_names and self.vocoder is None:
+            raise ConfigError("validation.speaker_model / validation.asr_model score audio: they need "
+                              "sampling.vocoder (v3: the BigVGAN folder, v4: gsv-v4-pretrained/vocoder.pth)")
+
+    def _to_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """A normalised CFM mel (1, 100, T) -> its (N,) float waveform at 32 kHz (on the mel's device)."""
+        wave = self.vocoder(denormalize_cfm_mel(mel.float()))[0, 0]
+        if self.vocoder_rate == AUDIO_RATE:
+            return wave
+        resampled = resample_audio(wave.cpu().numpy(), self.vocoder_rate, AUDIO_RATE)
+        return torch.from_numpy(np.ascontiguousarray(resampled)).to(mel.device)
+
     # ------------------------------------------------------------------------------------ train
     def train(self) -> int:
         tc = self.cfg.train
@@ -219,7 +261,7 @@ class CFMRecipe:
                                 postfix=lambda logs: {"cfm": f"{logs['train/cfm_loss']:.3f}"})
 
     def reported_metrics(self) -> tuple[str, ...]:
-        return ("val/cfm_loss", "val/mel_loss")
+        return ("val/cfm_loss", "val/mel_loss", *self.quality.metric_names)
 
     def _loss(self, model, batch: dict) -> torch.Tensor:
         return model(batch["ssl"], batch["spec"], batch["mel"], batch["ssl_lengths"], batch["spec_lengths"],
@@ -250,19 +292,23 @@ class CFMRecipe:
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> ValidationResult:
-        """Both metrics on every process's share of the validation split, averaged over processes.
+        """The metrics on every process's share of the validation split, averaged over processes
+        (`val/speaker_sim` over the sampled utterances, `val/cer` edits / reference tokens summed).
         The session runs this on a forked RNG; the seeds here make every validation draw the same."""
         acc, cfg = self.accelerator, self.cfg
         model = acc.unwrap_model(self.model)
         model.eval()
         indices = list(range(len(self.val_set)))[acc.process_index::acc.num_processes]
-        totals = torch.zeros(4, dtype=torch.float64, device=acc.device)  # cfm sum, n, mel sum, n
+        # cfm sum, n, mel sum, n, speaker similarity sum, ASR edits, reference tokens
+        totals = torch.zeros(7, dtype=torch.float64, device=acc.device)
+        seconds = {"sampling": 0.0, "vocoder": 0.0}
         samples = []
         prompt = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in self.prompt.items()}
         prompt_frames = int(prompt["spec_lengths"][0])
         prompt_codes = model.extract_latent(prompt["ssl"][:, :, :prompt_frames])
         for position, index in enumerate(indices):
-            batch = self.collate([self.val_set[index]])
+            item = self.val_set[index]
+            batch = self.collate([item])
             batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             # Fixed draws per utterance: the same noise, time steps and shortcut coin every validation.
             seed = cfg.sampling.seed + index
@@ -274,6 +320,7 @@ class CFMRecipe:
             limit = cfg.sampling.max_items
             if limit is not None and position * acc.num_processes + acc.process_index >= limit:
                 continue
+            started = time.perf_counter()
             frames = int(batch["spec_lengths"][0])
             codes = model.extract_latent(batch["ssl"][:, :, :frames])
             torch.manual_seed(seed)
@@ -286,13 +333,35 @@ class CFMRecipe:
             length = min(real.size(-1), fake.size(-1))
             totals[2] += torch.nn.functional.l1_loss(fake[..., :length], real[..., :length]).double()
             totals[3] += 1
+            seconds["sampling"] += time.perf_counter() - started
+            sample = {"name": batch["names"][0], "mel": fake[0].cpu().numpy()}
+            if self.vocoder is not None:
+                started = time.perf_counter()
+                generated, real_audio = self._to_audio(fake), self._to_audio(real)
+                seconds["vocoder"] += time.perf_counter() - started
+                # The real side is the vocoded real mel: the metrics then measure the CFM, not the vocoder.
+                score = self.quality.score(generated, real_audio, AUDIO_RATE, key=batch["names"][0],
+                                           text=item.get("text", ""), lang=item.get("lang"))
+                for offset, value in enumerate(score.sums):
+                    totals[4 + offset] += value
+                for part, value in score.seconds.items():
+                    seconds[part] = seconds.get(part, 0.0) + value
+                sample.update(audio=generated.cpu().numpy(), real_audio=real_audio.cpu().numpy(),
+                              real_mel=real[0].cpu().numpy(), text=item.get("text"),
+                              transcript=score.transcript, metrics=score.metrics)
             if acc.is_main_process and len(samples) < self.cfg.tracking.num_samples:
-                samples.append({"name": batch["names"][0], "mel": fake[0].cpu().numpy()})
+                samples.append(sample)
         model.train()
         totals = sum_over_processes(acc, totals)
         metrics = {"val/cfm_loss": float(totals[0] / totals[1].clamp(min=1)),
-                   "val/mel_loss": float(totals[2] / totals[3].clamp(min=1))}
-        return ValidationResult(metrics, samples)
+                   "val/mel_loss": float(totals[2] / totals[3].clamp(min=1)),
+                   **self.quality.summarise(totals[4:], totals[3])}
+        logger.info("validation on this process: %s",
+                    ", ".join(f"{part} {value:.2f} s" for part, value in seconds.items()
+                              if value or part == "sampling"))
+        if self.vocoder is None:
+            return ValidationResult(metrics, samples)
+        return ValidationResult(metrics, samples, AUDIO_RATE)
 
     # --------------------------------------------------------------------------------- exports
     def write_export(self, state_dict: dict[str, torch.Tensor], name: str, epoch: int, step: int) -> Path:

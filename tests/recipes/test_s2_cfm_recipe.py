@@ -16,7 +16,7 @@ from gsv_accel.models.sovits.config import SoVITSV3Config
 from gsv_accel.models.sovits.generator_v3 import SynthesizerTrnV3
 from gsv_accel.models.sovits.lora import merge_lora_export
 
-from .conftest import CFMRun, assert_same_weights
+from .conftest import REPO, CFMRun, assert_same_weights
 
 SETTINGS = ("train.epochs=2", "checkpoint.every_n_steps=3", "checkpoint.keep_last=10",
             "validation.every_n_epochs=1", "export.merged_full=true")
@@ -117,3 +117,21 @@ def test_semantic_codes_from_a_v3_model_pair_the_gpt_with_v3(tmp_path):
     with pytest.raises(PrepareError, match="LoRA export"):
         prepare(tmp_path / "six.list", tmp_path / "dataset2", REPO / "demo" / "tiny_hubert",
                 s2_pretrained=lora)
+
+
+@pytest.mark.slow
+def test_v4_lora_with_the_vocoder_logs_speaker_similarity_and_saves_decodable_audio(tmp_path, demo_dataset):
+    import soundfile
+
+    run = CFMRun(tmp_path / "v4_audio", demo_dataset, "model.version=v4", "train.epochs=1",
+                 f"sampling.vocoder={REPO / 'demo' / 'tiny_vocoder_v4' / 'vocoder.pth'}",
+                 f"validation.speaker_model={REPO / 'demo' / 'tiny_sv' / 'eres2netv2_tiny.safetensors'}")
+    run.export_folder = "SoVITS_weights_v4"
+    run.run()
+    assert "val/speaker_sim" in run.log and "v4 vocoder" in run.log
+    [folder] = sorted((run.run_dir / "samples").glob("step_*"))
+    wavs = sorted(folder.rglob("*.wav"))
+    assert wavs, f"no WAV in {folder}"
+    for wav in wavs:
+        audio, rate = soundfile.read(wav)
+        assert rate == 32000 and audio.ndim == 1 and len(audio) > 0

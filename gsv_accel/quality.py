@@ -260,7 +260,15 @@ class VoiceQuality:
     @classmethod
     def from_config(cls, vc: QualityValidationConfig, device: torch.device | str) -> VoiceQuality:
         """The models of `validation.speaker_model` / `asr_model`, loaded on `device`; bad paths or
-        files raise ConfigError (before anything is written)."""
+        files raise ConfigError (before anything is written). Built on a forked RNG: constructing a
+        module draws initial weights from the global generator, and turning a validation metric on
+        must not change the training run's random stream (its models' initial weights)."""
+        devices = [device] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return cls._load(vc, device)
+
+    @classmethod
+    def _load(cls, vc: QualityValidationConfig, device: torch.device | str) -> VoiceQuality:
         speaker_sim = asr = None
         if vc.speaker_model:
             started = time.perf_counter()

@@ -29,3 +29,21 @@ def test_speaker_similarity_of_an_utterance_with_itself_is_one():
     assert abs(similarity - 1) < 1e-6 and score.sums[0] == similarity
     result = quality.summarise(torch.tensor([1.5, 0.0, 0.0]), torch.tensor(2.0))
     assert result == {"val/speaker_sim": 0.75}
+
+
+def test_loading_the_validation_models_leaves_the_training_rng_alone():
+    """Turning a validation metric on must not change a run's initial weights or random draws."""
+    from pathlib import Path
+
+    import torch
+
+    from gsv_accel.models.vocoder import load_vocoder
+    from gsv_accel.quality import QualityValidationConfig, VoiceQuality
+
+    demo = Path(__file__).resolve().parents[1] / "demo"
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    VoiceQuality.from_config(QualityValidationConfig(speaker_model=str(demo / "tiny_sv" /
+                                                                       "eres2netv2_tiny.safetensors")), "cpu")
+    load_vocoder("v4", demo / "tiny_vocoder_v4" / "vocoder.pth")
+    assert torch.equal(torch.get_rng_state(), state)

@@ -112,13 +112,16 @@ def load_v3_vocoder(path: str | os.PathLike) -> BigVGAN:
 
 
 def load_vocoder(version: str, path: str | os.PathLike) -> tuple[nn.Module, int]:
-    """The `version`'s vocoder from `path` (see the module doc) and its output sampling rate."""
-    if version == "v3":
-        model: nn.Module = load_v3_vocoder(path)
-        rate = model.sampling_rate
-    elif version == "v4":
-        model = load_v4_vocoder(path)
-        rate = V4_SAMPLING_RATE
-    else:
+    """The `version`'s vocoder from `path` (see the module doc) and its output sampling rate. Built on
+    a forked RNG (module construction draws initial weights), so loading it never changes a training
+    run's random stream."""
+    if version not in ("v3", "v4"):
         raise ValueError(f"vocoders exist for v3 and v4 only, got {version!r}")
+    with torch.random.fork_rng():
+        if version == "v3":
+            model: nn.Module = load_v3_vocoder(path)
+            rate = model.sampling_rate
+        else:
+            model = load_v4_vocoder(path)
+            rate = V4_SAMPLING_RATE
     return model.eval().requires_grad_(False), rate

@@ -195,3 +195,7 @@ def test_every_key_the_webui_writes_is_in_the_table(tmp_path):
     for stage, path in (("s2", s2_config), ("s1", s1_config)):
         flat = webui.flatten(webui.read_webui_config(tmp_path / path))
         assert not [line for line in webui.mapping_report(stage, flat) if "unknown" in line]
+
+
+def test_the_readme_holds_the_table():
+    assert webui.markdown_table() in (REPO / "README.md").read_text(encoding="utf-8")

@@ -399,7 +399,8 @@ SHIM_MARK = "# gsv_accel WebUI shim"
 
 def shim_text(command: str) -> str:
     argv = f"['gsv-accel', '{command}', '--webui-config', sys.argv[-1]]"
-    return (f"import runpy, sys; sys.argv = {argv}  {SHIM_MARK}\n"
+    # sys.path[0] is GPT_SoVITS/, whose top-level modules (text, module, utils, ...) must not shadow any.
+    return (f"import runpy, sys; sys.path.pop(0); sys.argv = {argv}  {SHIM_MARK}\n"
             "runpy.run_module('gsv_accel.cli', run_name='__main__')\n")
 
 

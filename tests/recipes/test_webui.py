@@ -184,10 +184,12 @@ def test_the_shim_runs_the_webui_command_line(tmp_path, monkeypatch):
     monkeypatch.setattr(webui, "train_from_webui",
                         lambda stage, path, extra: calls.append((stage, path)) or 0)
     monkeypatch.setattr(sys, "argv", ["GPT_SoVITS/s1_train.py", "--config_file", "TEMP/tmp_s1.yaml"])
+    monkeypatch.setattr(sys, "path", ["GPT_SoVITS", *sys.path])  # as Python sets it for the script
     code = compile(webui.shim_text("train-s1"), "s1_train.py", "exec")
     with pytest.raises(SystemExit) as exit_:
         exec(code, {"__name__": "__main__"})
     assert exit_.value.code == 0 and calls == [("s1", Path("TEMP/tmp_s1.yaml"))]
+    assert "GPT_SoVITS" not in sys.path
 
 
 def test_every_key_the_webui_writes_is_in_the_table(tmp_path):

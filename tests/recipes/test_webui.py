@@ -140,10 +140,15 @@ def test_both_stages_from_the_webui_configs(demo_dataset, tmp_path):
     assert "is finished" in again.stdout + again.stderr
 
     s1 = gsv_accel(root, "train-s1", "--webui-config", str(s1_config), *QUIET[:3],
-                   *tiny("s1_demo.yaml", ("model",)), "train.learning_rate=0.001", "train.warmup_steps=2")
+                   *tiny("s1_demo.yaml", ("model",)), "train.learning_rate=0.001", "train.warmup_steps=2",
+                   # logs/<exp> holds the released models' 1024 codes (the import records that size).
+                   "model.vocab_size=1025", "model.EOS=1024")
     assert "not imported again" in s1.stdout
     gpts = sorted(p.name for p in (root / "GPT_weights_v2Pro").iterdir())
     assert f"{EXP}-e2.ckpt" in gpts, gpts
+    assert "train.if_dpo = False: -> train.dpo" in s1.stdout
+    for stage, out in (("s2", s2), ("s1", s1)):  # the log of what the command did, for the test report
+        print(f"--- train-{stage}\n{out.stdout[-2500:]}")
 
 
 def tree_hashes(root: Path) -> dict[str, tuple[str, int]]:

@@ -206,3 +206,39 @@ def test_every_key_the_webui_writes_is_in_the_table(tmp_path):
 
 def test_the_readme_holds_the_table():
     assert webui.markdown_table() in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("version, recipe, base", [("v2", "s2", "s2_v2.yaml"),
+                                                   ("v2ProPlus", "s2", "s2_v2proplus.yaml"),
+                                                   ("v4", "s2_cfm", "s2_v3_lora.yaml")])
+def test_the_version_chooses_the_recipe(tmp_path, monkeypatch, version, recipe, base):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    s2_config, _ = webui_configs(tmp_path)
+    data = json.loads((tmp_path / s2_config).read_text(encoding="utf-8"))
+    data["version"] = data["model"]["version"] = version
+    data["save_weight_dir"] = f"SoVITS_weights_{version}"
+    data["train"]["gpu_numbers"] = "1-2"
+    plan = webui.s2_plan(data)
+    assert (plan["recipe"], plan["config"].name, plan["version"]) == (recipe, base, version)
+    assert plan["run_dir"] == Path(f"logs/{EXP}/gsv_accel/run_s2_{version}")
+    assert plan["env"]["CUDA_VISIBLE_DEVICES"] == "1"  # one process on the first GPU listed
+    assert ("train.lora_rank=32" in plan["overrides"]) == (recipe == "s2_cfm")
+    assert ('train.pretrained_s2D=null' in plan["overrides"]) == (recipe == "s2")
+    assert "checkpoint.keep_last=1" in plan["overrides"]
+    assert "checkpoint.every_n_epochs=1" in plan["overrides"]
+
+
+def test_bad_webui_configs_are_refused(tmp_path):
+    s2_config, s1_config = webui_configs(tmp_path)
+    data = json.loads((tmp_path / s2_config).read_text(encoding="utf-8"))
+    with pytest.raises(webui.WebUIConfigError, match="differs"):
+        webui.s2_plan({**data, "version": "v2"})
+    with pytest.raises(webui.WebUIConfigError, match="not a SoVITS version"):
+        webui.s2_plan({**data, "version": "v9", "model": {}})
+    s1 = yaml.safe_load((tmp_path / s1_config).read_text(encoding="utf-8"))
+    assert webui.s1_plan(s1)["version"] == "v2Pro"
+    s1["train_phoneme_path"] = "logs/other/2-name2text.txt"
+    with pytest.raises(webui.WebUIConfigError, match="same|one experiment"):
+        webui.s1_plan(s1)
+    with pytest.raises(webui.WebUIConfigError, match="not found"):
+        webui.read_webui_config(tmp_path / "TEMP" / "missing.json")

@@ -242,3 +242,23 @@ def test_bad_webui_configs_are_refused(tmp_path):
         webui.s1_plan(s1)
     with pytest.raises(webui.WebUIConfigError, match="not found"):
         webui.read_webui_config(tmp_path / "TEMP" / "missing.json")
+
+
+@pytest.mark.slow
+def test_a_v4_webui_config_trains_lora_with_the_flow_matching_recipe(demo_dataset, tmp_path):
+    """`s2_train_v3_lora.py`'s button (v4, LoRA): the flow-matching recipe, exports in SoVITS_weights_v4."""
+    root = tmp_path / "GPT-SoVITS"
+    write_official_exp(root / "logs" / EXP, demo_dataset)
+    s2_config, _ = webui_configs(root)
+    data = json.loads((root / s2_config).read_text(encoding="utf-8"))
+    data["version"] = data["model"]["version"] = "v4"
+    data["save_weight_dir"] = "SoVITS_weights_v4"
+    data["train"]["epochs"] = 1
+    (root / s2_config).write_text(json.dumps(data), encoding="utf-8")
+    tiny_cfm = [o for o in tiny("s2_cfm_demo.yaml", ("model", "sampling"))
+                if not o.startswith("model.version")]
+    result = gsv_accel(root, "train-s2", "--webui-config", str(s2_config), *QUIET, *tiny_cfm,
+                       "train.lora_rank=4", "train.learning_rate=0.001")
+    assert "recipes/s2_cfm.py" in result.stdout
+    exports = sorted(p.name for p in (root / "SoVITS_weights_v4").iterdir())
+    assert f"{EXP}_e1_s11_l4.pth" in exports, exports  # the official LoRA name: _l<rank>

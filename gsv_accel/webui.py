@@ -226,12 +226,8 @@ def _common(flat: dict[str, Any], every_key: str, overrides: list[str], env: dic
         overrides.append("checkpoint.keep_last=1")
     if "train.seed" in flat:
         overrides.append(f"run.seed={int(flat['train.seed'])}")
-    precision = flat.get(precision_key)
-    if precision in (True, "16-mixed", "16") and "ACCELERATE_MIXED_PRECISION" not in os.environ:
-        import torch
-
-        if torch.cuda.is_available():
-            env["ACCELERATE_MIXED_PRECISION"] = "fp16"
+    if flat.get(precision_key) in (True, "16-mixed", "16"):
+        env["fp16"] = "1"  # applied by `apply_env` once the GPU is chosen
 
 
 def s2_plan(data: dict[str, Any]) -> dict[str, Any]:
@@ -358,6 +354,17 @@ def publish_exports(run_dir: Path, weight_dir: Path, prefix: str) -> list[Path]:
     return published
 
 
+def apply_env(env: dict[str, str]) -> None:
+    """The GPU first (CUDA_VISIBLE_DEVICES counts only before CUDA is first asked), then fp16 mixed
+    precision where the config asks for it and a GPU is there (unless ACCELERATE_MIXED_PRECISION is set)."""
+    os.environ.update({k: v for k, v in env.items() if k != "fp16"})
+    if env.get("fp16") and "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            os.environ["ACCELERATE_MIXED_PRECISION"] = "fp16"
+
+
 def train_from_webui(stage: str, config_path: Path, extra: list[str]) -> int:
     data = read_webui_config(config_path)
     plan = s2_plan(data) if stage == "s2" else s1_plan(data)
@@ -369,7 +376,7 @@ def train_from_webui(stage: str, config_path: Path, extra: list[str]) -> int:
     argv = ["--config", str(plan["config"]), "--resume", "auto", f"run.output_dir={_value(str(run_dir))}",
             f"data.dataset={_value(str(dataset))}", *plan["overrides"], *extra]
     print(f"gsv-accel train-{stage}: run folder {run_dir}; settings {' '.join(argv[4:])}")
-    os.environ.update(plan["env"])
+    apply_env(plan["env"])
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):  # one process, whatever the WebUI's environment says
         os.environ.pop(key, None)
     code = load_recipe(plan["recipe"]).main(argv)

@@ -262,3 +262,20 @@ def test_a_v4_webui_config_trains_lora_with_the_flow_matching_recipe(demo_datase
     assert "recipes/s2_cfm.py" in result.stdout
     exports = sorted(p.name for p in (root / "SoVITS_weights_v4").iterdir())
     assert f"{EXP}_e1_s11_l4.pth" in exports, exports  # the official LoRA name: _l<rank>
+
+
+def test_the_gpu_is_chosen_before_cuda_is_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available",
+                        lambda: seen.append(os.environ.get("CUDA_VISIBLE_DEVICES")) or True)
+    s2_config, _ = webui_configs(tmp_path)
+    plan = webui.s2_plan(json.loads((tmp_path / s2_config).read_text(encoding="utf-8")))
+    assert seen == []  # planning asks CUDA nothing
+    try:
+        webui.apply_env(plan["env"])
+        assert seen == ["0"] and os.environ["ACCELERATE_MIXED_PRECISION"] == "fp16"
+    finally:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)

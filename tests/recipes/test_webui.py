@@ -279,3 +279,31 @@ def test_the_gpu_is_chosen_before_cuda_is_asked(tmp_path, monkeypatch):
     finally:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
+
+
+def test_the_import_is_redone_only_when_the_official_files_change(tmp_path, monkeypatch):
+    import gsv_accel.data.import_gsv as import_module
+
+    calls = []
+
+    def fake_import(exp_dir, out, version, force):
+        calls.append(version)
+        Path(out).mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(import_module, "import_gsv", fake_import)
+    exp = tmp_path / "logs" / EXP
+    (exp / "4-cnhubert").mkdir(parents=True)
+    (exp / "2-name2text.txt").write_text("a\n", encoding="utf-8")
+    (exp / "4-cnhubert" / "a.pt").write_bytes(b"1")
+    assert webui.cached_dataset(exp, "v2Pro") == exp / "gsv_accel" / "dataset"
+    webui.cached_dataset(exp, "v2Pro")
+    (exp / "gsv_accel" / "run_s2_v2Pro").mkdir()  # our runs and the WebUI's logs_s2_* do not count
+    (exp / "gsv_accel" / "run_s2_v2Pro" / "train.log").write_text("x", encoding="utf-8")
+    (exp / "logs_s2_v2Pro").mkdir()
+    (exp / "logs_s2_v2Pro" / "G_1.pth").write_bytes(b"x")
+    webui.cached_dataset(exp, "v2Pro")
+    assert calls == ["v2"]
+    (exp / "4-cnhubert" / "b.pt").write_bytes(b"2")
+    webui.cached_dataset(exp, "v2Pro")
+    webui.cached_dataset(exp, "v1")  # another symbol table
+    assert calls == ["v2", "v2", "v1"]

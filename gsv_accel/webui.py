@@ -75,7 +75,8 @@ KEY_MAP: list[tuple[str, str, str, str]] = [
     ("s2", "train.gpu_numbers", "CUDA_VISIBLE_DEVICES", "the first GPU listed (one process; no DDP/gloo)"),
     ("s2", "train.grad_ckpt", "train.grad_ckpt", "v3/v4 only (the official v1/v2 trainer ignores it too)"),
     ("s2", "train.lora_rank", "train.lora_rank", "v3/v4 only"),
-    ("s2", "train.eval_interval", "-", "validation runs at the end of every save_every_epoch epochs"),
+    ("s2", "train.eval_interval", "-", "unused by the official trainer; validation runs every "
+                                       "save_every_epoch epochs"),
     ("s2", "train.init_lr_ratio", "-", "no warm-up (the official v1/v2 trainer has none either)"),
     ("s2", "train.warmup_epochs", "-", "no warm-up (the official v1/v2 trainer has none either)"),
     ("s2", "data.sampling_rate", "data.sampling_rate", "v1/v2/v2Pro/v2ProPlus (v3/v4: fixed by the version)"),
@@ -87,7 +88,7 @@ KEY_MAP: list[tuple[str, str, str, str]] = [
     ("s2", "data.mel_fmax", "data.mel_fmax", "v1/v2/v2Pro/v2ProPlus"),
     ("s2", "data.max_wav_value", "-", "the audio is stored normalised"),
     ("s2", "data.add_blank", "-", "unused by the official trainer"),
-    ("s2", "data.n_speakers", "-", "unused by the official trainer"),
+    ("s2", "data.n_speakers", "-", "stored but not used by the official model"),
     ("s2", "data.cleaned_text", "-", "unused by the official trainer"),
     ("s2", "data.training_files", "-", "the data is logs/<exp>"),
     ("s2", "data.validation_files", "-", "validation: 10% of logs/<exp>, held out (seed 1234)"),
@@ -114,7 +115,7 @@ KEY_MAP: list[tuple[str, str, str, str]] = [
     ("s1", "optimizer.*", "-", "gsv_accel's schedule: train.learning_rate, warmup_steps, min_lr_ratio "
                               "(recipes/configs/s1_v2.yaml); change with train.<key>=... overrides"),
     ("s1", "data.max_sec", "data.max_sec", ""),
-    ("s1", "data.num_workers", "-", "the recipe's default (0: no worker processes, safe on Windows)"),
+    ("s1", "data.num_workers", "-", "recipes/configs/s1_v2.yaml's value; data.num_workers=... to change"),
     ("s1", "data.max_eval_sample", "-", "validation: 10% of logs/<exp>, held out (seed 1234)"),
     ("s1", "data.pad_val", "-", "fixed by the model's EOS"),
     ("s1", "model.*", "-", ARCH),

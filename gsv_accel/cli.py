@@ -265,6 +265,31 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_inspect,
                                                                     _add_import_gsv, _add_report]
 
 
+def _add_webui(subparsers: argparse._SubParsersAction) -> None:
+    from gsv_accel import webui
+
+    for stage, config in (("s2", "TEMP/tmp_s2.json"), ("s1", "TEMP/tmp_s1.yaml")):
+        parser = subparsers.add_parser(
+            f"train-{stage}", help=f"train the {'SoVITS' if stage == 's2' else 'GPT'} stage from the "
+                                   f"GPT-SoVITS WebUI's {config}",
+            description=f"Read the {config} the WebUI wrote (run from the GPT-SoVITS folder), import "
+                        "logs/<exp> (cached), train in one process with --resume auto and put the exports "
+                        "into the WebUI's weight folder.")
+        webui.add_train_arguments(parser).set_defaults(
+            run=lambda args, stage=stage: webui.train_from_webui(stage, args.webui_config, args.overrides))
+    parser = subparsers.add_parser(
+        "install-webui-shim", help="make a GPT-SoVITS WebUI's training buttons run gsv_accel (reversible)",
+        description="Replace GPT_SoVITS/s2_train.py, s2_train_v3_lora.py and s1_train.py by two-line "
+                    "scripts that run gsv-accel train-s2/train-s1, keeping the originals as "
+                    "<name>.gsv_accel_orig; --uninstall puts the originals back.")
+    parser.add_argument("path", type=Path, help="the GPT-SoVITS folder (with webui.py)")
+    parser.add_argument("--uninstall", action="store_true", help="restore the original scripts")
+    parser.set_defaults(run=webui.run_install_shim)
+
+
+SUBCOMMANDS.append(_add_webui)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gsv-accel", description="GPT-SoVITS training on Accelerate")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

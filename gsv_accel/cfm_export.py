@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from gsv_accel.formats import OfficialCompatibilityWarning, save_atomic, sovits_inference_config
+from gsv_accel.formats.exports import strip_official_widths
 from gsv_accel.models.sovits.config import CFM_VERSIONS, SoVITSConfig, SoVITSV3Config
 
 __all__ = ["LORA_HEADERS", "lora_export_name", "cfm_inference_config", "export_cfm_lora", "export_cfm_full"]
@@ -56,20 +57,7 @@ def cfm_inference_config(config: Mapping[str, Any], version: str, lora_rank: int
     v3-only widths dropped where official, and `train.lora_rank` (a string, as the WebUI writes it)."""
     _check_version(version)
     cfg = sovits_inference_config(config, version)
-    defaults = {f.name: f.default for f in dataclasses.fields(SoVITSV3Config)}
-    model = cfg["model"]
-    odd = {}
-    for name in _V3_ONLY_FIELDS:
-        if name in model:
-            if model[name] == defaults[name]:
-                del model[name]
-            else:
-                odd[name] = model[name]
-    if odd:
-        warnings.warn(
-            "this v3/v4 model has widths official GPT-SoVITS hard-codes, with non-official values "
-            f"({', '.join(f'{k}={v}' for k, v in odd.items())}): gsv_accel can load the export, official "
-            "GPT-SoVITS inference cannot", OfficialCompatibilityWarning, stacklevel=3)
+    strip_official_widths(cfg["model"], _V3_ONLY_FIELDS, SoVITSV3Config, "this v3/v4 model")
     if lora_rank is not None:
         cfg["train"]["lora_rank"] = str(lora_rank)
     return cfg

@@ -13,7 +13,7 @@ import dataclasses
 import io
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import IO, Any
 
@@ -199,9 +199,18 @@ def sovits_inference_config(config: Mapping[str, Any], version: str = "v2") -> d
     speakers = model.pop("n_speakers", None)
     data.setdefault("n_speakers", int(speakers) if speakers is not None else 0)
 
-    defaults = {f.name: f.default for f in dataclasses.fields(SoVITSConfig)}
+    strip_official_widths(model, _HARDCODED_FIELDS, SoVITSConfig, "this model")
+    return cfg
+
+
+def strip_official_widths(model: dict[str, Any], fields: Sequence[str], config_class: type,
+                          what: str) -> None:
+    """Drop from an export's `model` section the widths official GPT-SoVITS hard-codes (official
+    configs do not carry them) where they have the official value; warn (`OfficialCompatibilityWarning`)
+    when one does not, since official inference then cannot build the model."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
     odd = {}
-    for name in _HARDCODED_FIELDS:
+    for name in fields:
         if name in model:
             if model[name] == defaults[name]:
                 del model[name]
@@ -209,10 +218,9 @@ def sovits_inference_config(config: Mapping[str, Any], version: str = "v2") -> d
                 odd[name] = model[name]
     if odd:
         warnings.warn(
-            "this model uses widths official GPT-SoVITS hard-codes, with non-official values "
+            f"{what} has widths official GPT-SoVITS hard-codes, with non-official values "
             f"({', '.join(f'{k}={v}' for k, v in odd.items())}): gsv_accel can load the export, official "
-            "GPT-SoVITS inference cannot", OfficialCompatibilityWarning, stacklevel=3)
-    return cfg
+            "GPT-SoVITS inference cannot", OfficialCompatibilityWarning, stacklevel=4)
 
 
 def _half_copy(tensor: torch.Tensor) -> torch.Tensor:

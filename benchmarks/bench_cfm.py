@@ -68,24 +68,17 @@ from bench_s2 import (  # noqa: E402
     OwnRNG,
     StepTimer,
     _sync,
-    call_rows,
     collect_runs,
     ensure_dataset,
-    lockstep_overhead,
     max_diff,
-    mean,
     parse_bench_args,
-    per_step_median,
     report,
+    step_rows,
 )
 
 from recipes.s2_cfm import DEFAULT_CONFIG, CFMConfig, CFMRecipe  # noqa: E402
 
 RESULTS: list[tuple[str, float, str]] = []
-
-
-def _row(name: str, value: float, unit: str) -> None:
-    RESULTS.append((name, value, unit))
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -228,27 +221,7 @@ def main() -> None:
                                                           args.threads),
         collate_epoch, run_recipe)
 
-    cadence, paired, warm = runs["cadence"], runs["paired"], args.warmup
-    cadence_step = mean(per_step_median(cadence, "step", warm))
-    train_step = mean(per_step_median(cadence, "step", warm, minus="events"))
-    data_wait = mean(per_step_median(cadence, "data", warm))
-    recipe = mean(per_step_median(paired, "step", warm))
-    bare = mean(per_step_median(paired, "bare", warm))
-    outside = mean(per_step_median(paired, "step", warm, minus="inside"))
-    overhead, pairs = lockstep_overhead(paired, warm)
-
-    _row(f"demo cadence: steps/s (validation every epoch of {len(batches)} steps, checkpoints)",
-         1 / cadence_step, "steps / s")
-    _row("demo cadence: training steps/s (validation and checkpoints taken out)", 1 / train_step, "steps / s")
-    _row("demo cadence: data wait, share of a training step", 100 * data_wait / train_step, "%")
-    _row("demo cadence: data wait per step (next(loader) + to(device))", 1e3 * data_wait, "ms")
-    RESULTS.extend(call_rows(cadence))
-    _row("training only, pre-collated batches: recipe", 1 / recipe, "steps / s")
-    _row("training only, pre-collated batches: bare loop (in lockstep)", 1 / bare, "steps / s")
-    _row("recipe per step outside train_step (loop bookkeeping)", 1e3 * outside, "ms")
-    _row("framework overhead (recipe - bare) / bare (target < 3)", 100 * overhead, "%")
-    _row("bare loop vs recipe: max |weight difference| at the end (0 = same math)",
-         max(run["weight_diff"] for run in paired), "")
+    pairs = step_rows(runs, len(batches), args.warmup, RESULTS)
     report("S2 v3 (CFM, LoRA) demo config", RESULTS, args, runs, pairs)
 
 

@@ -64,10 +64,6 @@ from recipes.s2 import DEFAULT_CONFIG, S2Config, S2Recipe  # noqa: E402
 RESULTS: list[tuple[str, float, str]] = []
 
 
-def _row(name: str, value: float, unit: str) -> None:
-    RESULTS.append((name, value, unit))
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -473,6 +469,37 @@ def report(header: str, results: list[tuple[str, float, str]], args: argparse.Na
             "results": [{"name": n, "value": v, "unit": u} for n, v, u in results], "runs": runs}, indent=1))
 
 
+def step_rows(runs: dict[str, list[dict]], steps_per_epoch: int, warm: int,
+              results: list[tuple[str, float, str]]) -> list[float]:
+    """The rows every recipe's benchmark reports (demo cadence, data wait, validation/checkpoint costs,
+    recipe vs bare loop in lockstep, overhead, weight difference), appended to `results`; returns the
+    per-pair overheads for the report."""
+    cadence, paired = runs["cadence"], runs["paired"]
+    cadence_step = mean(per_step_median(cadence, "step", warm))
+    train_step = mean(per_step_median(cadence, "step", warm, minus="events"))
+    data_wait = mean(per_step_median(cadence, "data", warm))
+    recipe = mean(per_step_median(paired, "step", warm))
+    bare = mean(per_step_median(paired, "bare", warm))
+    outside = mean(per_step_median(paired, "step", warm, minus="inside"))
+    overhead, pairs = lockstep_overhead(paired, warm)
+    results += [
+        (f"demo cadence: steps/s (validation every epoch of {steps_per_epoch} steps, checkpoints)",
+         1 / cadence_step, "steps / s"),
+        ("demo cadence: training steps/s (validation and checkpoints taken out)", 1 / train_step,
+         "steps / s"),
+        ("demo cadence: data wait, share of a training step", 100 * data_wait / train_step, "%"),
+        ("demo cadence: data wait per step (next(loader) + to(device))", 1e3 * data_wait, "ms"),
+        *call_rows(cadence),
+        ("training only, pre-collated batches: recipe", 1 / recipe, "steps / s"),
+        ("training only, pre-collated batches: bare loop (in lockstep)", 1 / bare, "steps / s"),
+        ("recipe per step outside train_step (loop bookkeeping)", 1e3 * outside, "ms"),
+        ("framework overhead (recipe - bare) / bare (target < 3)", 100 * overhead, "%"),
+        ("bare loop vs recipe: max |weight difference| at the end (0 = same math)",
+         max(run["weight_diff"] for run in paired), ""),
+    ]
+    return pairs
+
+
 def main() -> None:
     args = parse_bench_args(
         __doc__.splitlines()[0], default_steps=66,
@@ -484,27 +511,7 @@ def main() -> None:
         lambda dataset, out, _steps_per_epoch, cadence: load_cfg(dataset, out, args.steps, cadence),
         collate_epoch, run_recipe)
 
-    cadence, paired, warm = runs["cadence"], runs["paired"], args.warmup
-    cadence_step = mean(per_step_median(cadence, "step", warm))
-    train_step = mean(per_step_median(cadence, "step", warm, minus="events"))
-    data_wait = mean(per_step_median(cadence, "data", warm))
-    recipe = mean(per_step_median(paired, "step", warm))
-    bare = mean(per_step_median(paired, "bare", warm))
-    outside = mean(per_step_median(paired, "step", warm, minus="inside"))
-    overhead, pairs = lockstep_overhead(paired, warm)
-
-    _row(f"demo cadence: steps/s (validation every epoch of {len(batches)} steps, checkpoints)",
-         1 / cadence_step, "steps / s")
-    _row("demo cadence: training steps/s (validation and checkpoints taken out)", 1 / train_step, "steps / s")
-    _row("demo cadence: data wait, share of a training step", 100 * data_wait / train_step, "%")
-    _row("demo cadence: data wait per step (next(loader) + to(device))", 1e3 * data_wait, "ms")
-    RESULTS.extend(call_rows(cadence))
-    _row("training only, pre-collated batches: recipe", 1 / recipe, "steps / s")
-    _row("training only, pre-collated batches: bare loop (in lockstep)", 1 / bare, "steps / s")
-    _row("recipe per step outside train_step (loop bookkeeping)", 1e3 * outside, "ms")
-    _row("framework overhead (recipe - bare) / bare (target < 3)", 100 * overhead, "%")
-    _row("bare loop vs recipe: max |weight difference| at the end (0 = same math)",
-         max(run["weight_diff"] for run in paired), "")
+    pairs = step_rows(runs, len(batches), args.warmup, RESULTS)
     report("S2 demo config", RESULTS, args, runs, pairs)
 
 

@@ -202,3 +202,17 @@ def test_two_process_run_trains_validates_checkpoints_and_resumes_with_one(s2_ru
     # neither skipping nor repeating any, then runs epoch 3's 11.
     assert final.step == 7 + 9 + 11
     assert [step for step, _ in _val_losses(run.log)] == [6, 16, 27]
+
+
+def test_a_v2_model_trains_on_a_dataset_with_speaker_vectors_and_exports_a_plain_v2_file(s2_run):
+    """The demo config is v2Pro; the same recipe trains v2 (no speaker-verification input: the dataset's
+    vectors are ignored) and exports the v2 layout into SoVITS_weights_v2/."""
+    run = s2_run("v2", "model.version=v2", "train.max_steps=3", "validation.every_n_steps=3",
+                 "validation.every_n_epochs=null")
+    run.export_folder = "SoVITS_weights_v2"
+    run.run()
+    assert "val/mel_loss" in run.log
+    [export] = run.exports.glob("demo_e0_s3.pth")
+    assert export.read_bytes()[:2] == b"PK"
+    weights = load_sovits_export_the_official_way(export, info="0epoch_3iteration")
+    assert not any(k.startswith(("sv_emb.", "ge_to512.", "prelu.")) for k in weights)

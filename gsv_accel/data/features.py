@@ -47,7 +47,7 @@ def text_features(row: dict[str, Any], version: str, english_in_zh: str) -> dict
     The frontend's language runs are kept in `segments` (JSON: [lang, norm_text, word2ph, n_phones]
     per run) for the BERT stage, which gives zh runs BERT features and other runs zeros.
     """
-    from ..text import UnknownPhoneError, clean_text_segments, phones_to_ids
+    from ..text import UnknownPhoneError, clean_text_segments, joined_word2ph, phones_to_ids
 
     out: dict[str, Any] = {"phones": [], "phone_ids": np.zeros(0, np.int16), "word2ph": np.zeros(0, np.int16),
                            "text": "", "segments": "[]", "reject_code": "", "reject_reason": ""}
@@ -62,8 +62,8 @@ def text_features(row: dict[str, Any], version: str, english_in_zh: str) -> dict
     except (ValueError, KeyError, IndexError) as err:  # TextFrontendError is a ValueError
         out.update(reject_code="text", reject_reason=f"line {row['line']}: {type(err).__name__}: {err}")
         return out
-    # As `clean_text` joins them: word2ph only describes all-Chinese lines.
-    word2ph = [n for seg in segments for n in seg.word2ph] if all(s.lang == "zh" for s in segments) else []
+    # As `clean_text` joins them: word2ph only describes all-Chinese (or all-Cantonese) lines.
+    word2ph = joined_word2ph(segments) or []
     out.update(phones=phones, phone_ids=np.asarray(ids, np.int16), word2ph=np.asarray(word2ph, np.int16),
                text="".join(seg.norm_text for seg in segments),
                segments=json.dumps([[s.lang, s.norm_text, s.word2ph, len(s.phones)] for s in segments],

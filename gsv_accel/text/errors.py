@@ -51,3 +51,24 @@ class MixedLanguageError(TextFrontendError):
             "frontend (the default), or english_in_zh='drop' to delete them as the official "
             "GPT-SoVITS training pipeline does."
         )
+
+
+class UnknownCharacterError(TextFrontendError):
+    """Characters that the language's frontend cannot pronounce (letters or digits it has no reading for)."""
+
+    def __init__(self, chars: Iterable[str], lang: str, text: str, note: str = ""):
+        self.chars = tuple(dict.fromkeys(chars))
+        self.lang = lang
+        self.text = text
+        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in self.chars)
+        super().__init__(f"the {lang} frontend cannot pronounce character(s) {shown} in {text!r}"
+                         + (f" ({note})" if note else ""))
+
+
+class MissingPackageError(TextFrontendError):
+    """A language frontend needs a package that is not installed."""
+
+    def __init__(self, package: str, lang: str, module: str):
+        self.package = package
+        super().__init__(f"the {lang} text frontend needs the PyPI package {package!r} (module {module!r} is "
+                         f"not installed): pip install {package}  (or pip install 'gsv_accel[text]')")

@@ -306,7 +306,7 @@ def test_broken_entries_are_rejected_with_reasons_and_good_ones_kept(tmp_path, m
         "wavs/long.wav|spk|en|Far too long.",
         "wavs/loud.wav|spk|en|Way too loud.",
         "wavs/format.wav|spk|en",
-        "wavs/lang.wav|spk|ja|こんにちは",
+        "wavs/lang.wav|spk|fr|bonjour",
         "wavs/notext.wav|spk|en|   ",
         "wavs/mixed.wav|spk|zh|###",
         "other/en_a.wav|spk|en|Same file name as line one.",
@@ -334,7 +334,7 @@ def test_broken_entries_are_rejected_with_reasons_and_good_ones_kept(tmp_path, m
     assert {p: c for p, (c, _) in by_path.items()} == expected
     assert "not found" in by_path["wavs/missing.wav"][1]
     assert "peak 3.000 > 2.2" in by_path["wavs/loud.wav"][1]
-    assert "ja" in by_path["wavs/lang.wav"][1] and "line 12" in by_path["wavs/lang.wav"][1]
+    assert "fr" in by_path["wavs/lang.wav"][1] and "line 12" in by_path["wavs/lang.wav"][1]
     assert "no pronounceable content" in by_path["wavs/mixed.wav"][1]
     assert len(result.rejected) == len(expected)
     kept = rows_by_name(out)

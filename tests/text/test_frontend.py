@@ -316,11 +316,11 @@ def test_unknown_english_words():
 
 
 def test_supported_languages_and_errors():
-    assert SUPPORTED_LANGUAGES == ("zh", "en")
-    for lang in ("ja", "JP", "ko", "yue", "fr", ""):
+    assert SUPPORTED_LANGUAGES == ("zh", "en", "ja", "ko", "yue", "auto")
+    for lang in ("fr", "all_zh", ""):
         with pytest.raises(UnsupportedLanguageError) as info:
             clean_text("x", lang)
-        assert "zh" in str(info.value) and "en" in str(info.value) and repr(lang) in str(info.value)
+        assert "zh" in str(info.value) and "yue" in str(info.value) and repr(lang) in str(info.value)
     with pytest.raises(ValueError, match="version"):
         clean_text("你好", "zh", version="v9")
 

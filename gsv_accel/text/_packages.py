@@ -1,0 +1,20 @@
+"""Lazy imports of the optional packages the Japanese, Korean and Cantonese frontends use.
+
+They are imported only when a line of that language is cleaned, so that zh/en users need none of
+them; a missing one raises :class:`MissingPackageError` naming the PyPI package to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingPackageError
+
+
+def require(module: str, package: str, lang: str) -> ModuleType:
+    """``import module``; raise :class:`MissingPackageError` (naming ``package``) when it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:  # the package, or one of its own dependencies
+        raise MissingPackageError(package, lang, err.name or module) from err

@@ -38,7 +38,8 @@ MAX_DURATION = 54.0
 # Peak below one int16 step: nothing to normalise (the official code would divide by zero).
 SILENCE_PEAK = 1.0 / 32768.0
 # Bump when the features computed from the same inputs change.
-PIPELINE_VERSION = 1
+# 2: ja/ko/yue/auto lines are phonemized (they were rejected before).
+PIPELINE_VERSION = 2
 
 
 def text_features(row: dict[str, Any], version: str, english_in_zh: str) -> dict[str, Any]:

@@ -5,7 +5,8 @@ becomes one row with the features the official preparation scripts compute
 (`prepare_datasets/1-get-text.py`, `2-get-hubert-wav32k.py`, `3-get-semantic.py`):
 
 * text: the gsv_accel frontend's phones, phone ids (`version` symbol table), word2ph and normalised text
-  (`%` -> `-` and `￥` -> `,` first, as the official script does). English words in zh lines follow
+  (`%` -> `-` and `￥` -> `,` first, as the official script does) for the languages zh, en, ja (jp),
+  ko, yue and auto (see `gsv_accel.text`). English words in zh and yue lines follow
   `english_in_zh`: "phonemize" (default: as official v2 inference reads such lines), "drop" (what
   the official `1-get-text.py` does, reproducing its training data) or "error" (reject the line);
 * audio at 32 kHz (mono; other rates resampled by `load_audio`), kept as the official int16 loudness
@@ -74,6 +75,7 @@ import torch
 
 from .. import __version__
 from ..audio import SpectrogramConfig
+from ..text._packages import frontend_package_versions
 from .features import (
     HUBERT_INPUT_SCALE,
     MAX_DURATION,
@@ -180,6 +182,7 @@ def prepare(list_path: str | Path, out_dir: str | Path, hubert_dir: str | Path, 
     inputs = {
         "pipeline": PIPELINE_VERSION, "gsv_accel": __version__, "symbols": symbol_table_info(version),
         "english_in_zh": english_in_zh, "spectrogram": spec_cfg.__dict__,
+        "text_packages": frontend_package_versions(),
         "list": hashlib.sha256(list_path.read_bytes()).hexdigest(),
         "list_dir": str(list_path.parent.resolve()),
         "audio": [[e["file"], file_stamp(Path(e["file"]))] for e in entries],
@@ -378,8 +381,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--batch-size", type=int, default=8, help="HuBERT and SV batch size (default 8)")
     parser.add_argument("--version", default="v2", choices=["v1", "v2"], help="symbol table (default v2)")
     parser.add_argument("--english-in-zh", default="phonemize", choices=["phonemize", "drop", "error"],
-                        help="Latin words in zh lines: phonemize them as English (default, as official v2 "
-                             "inference does), drop them (as official training preparation does), or reject")
+                        help="Latin words in zh and yue lines: phonemize them as English (default, as "
+                             "official v2 inference does), drop them (as official training preparation "
+                             "does), or reject")
     parser.add_argument("--force", action="store_true", help="recompute even if the output is up to date")
     return parser
 

@@ -4,9 +4,10 @@
 ``text.cleaner.clean_text``:
 
 * ``phones``: phone strings of the ``version`` symbol table ("v1" or "v2");
-* ``word2ph``: for Chinese, the number of phones of each character of ``norm_text`` (2 per
-  character, 1 per punctuation mark; ``len(word2ph) == len(norm_text)``, ``sum(word2ph) ==
-  len(phones)``), used to spread BERT features over phones; ``None`` for English, as officially;
+* ``word2ph``: for Chinese and Cantonese, the number of phones of each character of ``norm_text``
+  (2 per character, 1 per punctuation mark; ``len(word2ph) == len(norm_text)``, ``sum(word2ph) ==
+  len(phones)``), used to spread BERT features over Chinese phones; ``None`` for English, Japanese
+  and Korean, as officially (and for a line mixing languages);
 * ``norm_text``: the normalised text (numbers spelled out, punctuation mapped).
 
 ``text_to_phone_ids`` goes on to ids (the index of each phone in the symbol table).

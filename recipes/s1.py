@@ -51,7 +51,7 @@ from gsv_accel.lifecycle import exit_process
 from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
 from gsv_accel.models.gpt.model import top_k_accuracy
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.recipe import StepResult, ValidationResult
+from gsv_accel.recipe import BATCH_SHARE, StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
 from gsv_accel.tracking import TrackingConfig
@@ -252,6 +252,9 @@ class S1Recipe:
         loss_sum = acc_sum = tokens = 0.0
         bad = False
         for index, batch in enumerate(micro_batches):
+            # A summed loss adds up over the pieces of a cut batch; a mean one (and the accuracy) counts
+            # a micro-batch by its share of its batch's items (see BATCH_SHARE).
+            share = batch.get(BATCH_SHARE, 1.0)
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
             inputs = (batch["phoneme_ids"], batch["phoneme_ids_len"], batch["semantic_ids"],
@@ -262,11 +265,11 @@ class S1Recipe:
                 with acc.autocast():
                     loss, top3 = self.model(*inputs, dpo=tc.dpo)
                 loss = loss.float()
-                scaled = loss / n_targets if tc.loss_reduction == "mean" else loss
-                stepper.backward(self.model, scaled / n, index == n - 1)
+                scaled = loss / n_targets * share if tc.loss_reduction == "mean" else loss
+                stepper.backward(self.model, scaled / tc.grad_accum, index == n - 1)
             bad = bad or not bool(torch.isfinite(loss))
             loss_sum += float(loss.detach())
-            acc_sum += float(top3) / n
+            acc_sum += float(top3) * share / tc.grad_accum
             tokens += n_targets
         grad_norm, skipped = stepper.step(self.optimizer, self.model, bad_loss=bad)
         if skipped:

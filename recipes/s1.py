@@ -6,7 +6,9 @@
 
 Same machinery as the S2 recipe (`TrainingSession`): complete checkpoints with exact resume, the
 plateau controller (monitor `val/loss`), W&B/TensorBoard, `train.log`, mixed precision and several
-processes from the accelerate config, non-finite steps skipped and rolled back.
+processes from the accelerate config, non-finite steps skipped and rolled back, gradient
+checkpointing of the transformer layers (`train.grad_ckpt`), out-of-memory steps retried on half-size
+micro-batches (`gsv_accel.memory`).
 
 Training follows the official GPT stage where it matters for compatibility and states where it
 differs: the teacher-forced loss is the cross-entropy SUMMED over target positions (EOS appended,
@@ -97,6 +99,7 @@ class S1TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine decays to learning_rate * min_lr_ratio
     grad_clip: float | None = 1.0
     grad_accum: int = 1
+    grad_ckpt: bool = False  # gradient checkpointing of the transformer layers (less memory, ~1/3 slower)
     loss_reduction: str = "sum"
     dpo: bool = False
     log_every_n_steps: int = 1
@@ -167,6 +170,7 @@ class S1Recipe:
             pretrained = require_path("train.pretrained_s1", self.cfg.train.pretrained_s1)
             report = load_weights_into(self.model, pretrained, strict=True)
             logger.info("pretrained GPT from %s: %s", self.cfg.train.pretrained_s1, report)
+        self.model.set_grad_checkpointing(self.cfg.train.grad_ckpt)
         self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.stepper = make_stepper(acc, self.cfg.train.grad_clip)

@@ -171,6 +171,9 @@ class S1Recipe:
             report = load_weights_into(self.model, pretrained, strict=True)
             logger.info("pretrained GPT from %s: %s", self.cfg.train.pretrained_s1, report)
         self.model.set_grad_checkpointing(self.cfg.train.grad_ckpt)
+        if self.cfg.train.grad_ckpt:
+            logger.info("gradient checkpointing of the transformer layers (train.grad_ckpt): recomputed in "
+                        "the backward pass")
         self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.stepper = make_stepper(acc, self.cfg.train.grad_clip)

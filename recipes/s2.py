@@ -285,6 +285,9 @@ class S2Recipe:
                     report = load_weights_into(net, require_path(key, path))
                     logger.info("pretrained %s from %s: %s", role, path, report)
         self.net_g.set_grad_checkpointing(cfg.train.grad_ckpt)
+        if cfg.train.grad_ckpt:
+            logger.info("gradient checkpointing of the generator (train.grad_ckpt): text encoder, posterior "
+                        "encoder, flows and decoder stages are recomputed in the backward pass")
         if cfg.model.freeze_quantizer:
             # Frozen by requires_grad, so DDP never waits for gradients they will not get.
             for module in (self.net_g.ssl_proj, self.net_g.quantizer):

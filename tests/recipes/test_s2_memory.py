@@ -1,6 +1,7 @@
 """The S2 recipe's memory features end to end (tiny demo model, real processes): an out-of-memory
 error injected in a step halves the micro-batch, the run goes on, and a run killed after it and resumed
-ends bitwise equal to the uninterrupted run with the same error; peak memory is logged."""
+ends bitwise equal to the uninterrupted run with the same error; peak memory is logged; gradient
+checkpointing trains the same weights."""
 
 from __future__ import annotations
 
@@ -44,3 +45,14 @@ def test_injected_oom_halves_the_batch_and_a_killed_run_resumes_bitwise(s2_run):
     killed.run("--resume", "auto", env=OOM_AT_STEP_2)
     assert "micro-batches of 2 item(s) (data.batch_size 4), as the checkpoint's run had" in killed.log
     assert_same_weights(killed.final_weights(), straight.final_weights())
+
+
+def test_grad_ckpt_trains_the_same_weights(s2_run):
+    settings = ("train.max_steps=3", "checkpoint.every_n_steps=3", "validation.every_n_epochs=null")
+    plain = s2_run("plain", *settings)
+    plain.run()
+    checkpointed = s2_run("grad_ckpt", *settings, "train.grad_ckpt=true")
+    checkpointed.run()
+    assert "gradient checkpointing of the generator (train.grad_ckpt)" in checkpointed.log
+    assert "gradient checkpointing" not in plain.log
+    assert_same_weights(checkpointed.final_weights(), plain.final_weights())

@@ -22,8 +22,9 @@ of ending the run. The design keeps resume exact:
 What counts as out of memory (`is_out_of_memory`): `torch.OutOfMemoryError` (CUDA, XPU, MPS raise it)
 and a RuntimeError whose message is an allocator's failure (`... out of memory`, the CPU allocator's
 `can't allocate memory`, cuBLAS/cuDNN allocation failures). Not retried: several processes (the
-others would wait forever in the gradient all-reduce the failed one never reaches; lower
-data.batch_size instead) and DeepSpeed engines (their accumulation counters cannot be rewound).
+others would wait forever in the gradient all-reduce the failed one never reaches) and DeepSpeed
+engines (their accumulation counters cannot be rewound): the error is logged with what to change and
+raised, so the process ends and the launcher ends the others.
 
 Test hook: `GSV_ACCEL_INJECT_OOM=3,3,7` raises an injected `torch.OutOfMemoryError` in steps 3 (twice:
 the step fails, is retried with half the micro-batch, fails again) and 7, from the first attached
@@ -68,8 +69,7 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 class OutOfMemoryAtSmallestBatch(RuntimeError):
-    """A step ran out of memory and cannot be made smaller: one item per micro-batch already, or a
-    launch (several processes, DeepSpeed) where the step cannot be retried."""
+    """A step ran out of memory with one item per micro-batch: it cannot be made smaller."""
 
 
 # ------------------------------------------------------------------------------------- peak memory
@@ -196,6 +196,15 @@ class OutOfMemoryRetry:
         except RuntimeError as err:
             if not is_out_of_memory(err):
                 raise
+            if self.accelerator.num_processes > 1 or self.deepspeed:
+                # The other processes wait in the gradient all-reduce this one never reaches (and a
+                # DeepSpeed engine's accumulation counters cannot be rewound): end this process, so
+                # the launcher ends the others.
+                where = "with several processes" if self.accelerator.num_processes > 1 else "under DeepSpeed"
+                logger.error("step %d ran out of memory and cannot be retried %s: lower data.batch_size "
+                             "(now %d), enable train.grad_ckpt, use mixed precision (bf16/fp16) or lower "
+                             "train.segment_size / data.max_sec", step, where, self.sampler.batch_size)
+                raise
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
         finally:
             if hook is not None:
@@ -225,21 +234,14 @@ class OutOfMemoryRetry:
         _set_rng_state(rng, self.accelerator.device)
 
     def _halve(self, step: int, message: str) -> None:
-        old = self.sampler.micro_batch_size
-        if old <= 1 or self.accelerator.num_processes > 1 or self.deepspeed:
+        if self.sampler.micro_batch_size <= 1:
             # The run stops: its checkpoint holds the micro-batch size of its last completed step.
             self.sampler.micro_batch_size = self._first_try[1]
-        if self.accelerator.num_processes > 1 or self.deepspeed:
-            where = "with several processes" if self.accelerator.num_processes > 1 else "under DeepSpeed"
-            raise OutOfMemoryAtSmallestBatch(
-                f"step {step} ran out of memory ({message}) and the step cannot be retried {where}: "
-                f"lower data.batch_size (now {self.sampler.batch_size}), enable train.grad_ckpt, use "
-                "mixed precision (bf16/fp16) or lower train.segment_size / data.max_sec")
-        if old <= 1:
             raise OutOfMemoryAtSmallestBatch(
                 f"step {step} ran out of memory ({message}) with one item per micro-batch: enable "
                 "train.grad_ckpt, use mixed precision (bf16/fp16), lower train.segment_size (S2) or "
                 "data.max_sec / the bucket boundaries (S1), or use a device with more memory")
+        old = self.sampler.micro_batch_size
         new = self.sampler.halve_micro_batch()
         self.retries += 1
         logger.warning("step %d ran out of memory (%s): retrying it with micro-batches of %d item(s) "

@@ -182,3 +182,24 @@ def test_peak_memory_is_logged_per_row_and_at_the_end(tmp_path):
     log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
     [logged] = re.findall(r"process peak RSS: peak memory ([0-9.]+) GiB", log)
     assert peaks[-1] - 0.01 <= float(logged) <= PeakMemory(torch.device("cpu")).run_gib() + 0.01
+
+
+def test_the_fp16_scaler_forgets_a_failed_step_so_the_retry_can_unscale_again():
+    from torch.amp import GradScaler
+
+    from gsv_accel.memory import _reset_scaler
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = GradScaler("cpu", init_scale=4.0)
+    scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+    scaler.unscale_(optimizer)  # the failed attempt got this far
+    with pytest.raises(RuntimeError, match="unscale_\\(\\) has already been called"):
+        scaler.unscale_(optimizer)
+    _reset_scaler(scaler)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+    scaler.unscale_(optimizer)
+    assert scaler.get_scale() == 4.0 and torch.equal(model.weight.grad, torch.ones(1, 2))
+    scaler.step(optimizer)
+    scaler.update()

@@ -26,10 +26,10 @@ others would wait forever in the gradient all-reduce the failed one never reache
 engines (their accumulation counters cannot be rewound): the error is logged with what to change and
 raised, so the process ends and the launcher ends the others.
 
-Test hook: `GSV_ACCEL_INJECT_OOM=3,3,7` raises an injected `torch.OutOfMemoryError` in steps 3 (twice:
-the step fails, is retried with half the micro-batch, fails again) and 7, from the first attached
-model's forward pass of the step's last micro-batch (gradients of the earlier micro-batches are then
-held, as in a real failure). Each entry fires once per process.
+Test hook: `GSV_ACCEL_INJECT_OOM=3,3,7@1` raises an injected `torch.OutOfMemoryError` in steps 3 (twice:
+the step fails, is retried with half the micro-batch, fails again) and 7 (on process 1 only), from the
+first attached model's forward pass of the step's last micro-batch (gradients of the earlier
+micro-batches are then held, as in a real failure). Each entry fires once per process.
 """
 
 from __future__ import annotations
@@ -114,19 +114,25 @@ class PeakMemory:
 
 # ------------------------------------------------------------------------------ out-of-memory retry
 
-def injected_oom_steps(environ: dict[str, str] | None = None) -> list[int]:
-    """The steps of `GSV_ACCEL_INJECT_OOM` (comma-separated step numbers; a step listed k times fails
-    k times). Anything else there is refused, naming the variable."""
+def injected_oom_steps(environ: dict[str, str] | None = None, rank: int = 0) -> list[int]:
+    """The steps of `GSV_ACCEL_INJECT_OOM` that fail on process `rank`: comma-separated step numbers,
+    each optionally `@rank` (default: every process); a step listed k times fails k times. Anything
+    else there is refused, naming the variable."""
     text = (os.environ if environ is None else environ).get(INJECT_OOM_ENV, "").strip()
     if not text:
         return []
-    try:
-        steps = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise ValueError(f"{INJECT_OOM_ENV}={text!r}: expected comma-separated step numbers, e.g. 3,3,7"
-                         ) from None
-    if any(step < 1 for step in steps):
-        raise ValueError(f"{INJECT_OOM_ENV}={text!r}: steps count from 1")
+    steps = []
+    for part in text.split(","):
+        step, _, on_rank = part.strip().partition("@")
+        try:
+            step_number, rank_number = int(step), int(on_rank) if on_rank else None
+        except ValueError:
+            raise ValueError(f"{INJECT_OOM_ENV}={text!r}: expected comma-separated step numbers, each "
+                             "optionally @rank, e.g. 3,3,7@1") from None
+        if step_number < 1:
+            raise ValueError(f"{INJECT_OOM_ENV}={text!r}: steps count from 1")
+        if rank_number is None or rank_number == rank:
+            steps.append(step_number)
     return steps
 
 

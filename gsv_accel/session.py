@@ -359,7 +359,7 @@ class TrainingSession:
                    dynamic_ncols=True)
         speed, memory = TrainingSpeed(acc.device), PeakMemory(acc.device)
         oom = OutOfMemoryRetry(acc, self.models, sampler, deepspeed=is_deepspeed(acc),
-                               injected_steps=injected_oom_steps())
+                               injected_steps=injected_oom_steps(rank=acc.process_index))
         if sampler.micro_batch_size < sampler.batch_size:
             logger.info("micro-batches of %d item(s) (data.batch_size %d), as the checkpoint's run had after "
                         "an out-of-memory error", sampler.micro_batch_size, sampler.batch_size)

@@ -62,6 +62,7 @@ def test_real_cpu_allocation_failure_is_recognised():
 def test_injection_variable_is_parsed_and_bad_values_name_it():
     assert injected_oom_steps({}) == []
     assert injected_oom_steps({INJECT_OOM_ENV: "3, 3,7"}) == [3, 3, 7]
+    assert injected_oom_steps({INJECT_OOM_ENV: "3,5@1,7@0"}, rank=1) == [3, 5]
     with pytest.raises(ValueError, match=INJECT_OOM_ENV):
         injected_oom_steps({INJECT_OOM_ENV: "three"})
     with pytest.raises(ValueError, match="count from 1"):

@@ -6,11 +6,15 @@ checkpointing trains the same weights."""
 from __future__ import annotations
 
 import json
+import re
 import signal
+import subprocess
+
+import pytest
 
 from gsv_accel.memory import INJECT_OOM_ENV
 
-from .conftest import S2Run, assert_same_weights
+from .conftest import REPO, S2Run, assert_same_weights, recipe_env
 
 # One epoch of 11 steps (batches of 4), a checkpoint every 3 steps.
 SETTINGS = ("train.epochs=1", "checkpoint.every_n_steps=3", "checkpoint.keep_last=10",
@@ -56,3 +60,19 @@ def test_grad_ckpt_trains_the_same_weights(s2_run):
     assert "gradient checkpointing of the generator (train.grad_ckpt)" in checkpointed.log
     assert "gradient checkpointing" not in plain.log
     assert_same_weights(checkpointed.final_weights(), plain.final_weights())
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_oom_on_one_of_two_processes_ends_both_without_hanging(s2_run):
+    run = s2_run("oom_rank1", "train.epochs=1", "checkpoint.every_n_steps=2", "checkpoint.keep_last=10")
+    env = {**recipe_env(), "ACCELERATE_USE_CPU": "true", INJECT_OOM_ENV: "3@1"}
+    result = subprocess.run(run.command(processes=2), cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    [line] = [line for line in run.log.splitlines() if "ran out of memory" in line]
+    assert re.search(r"\[rank 1\].*step 3 ran out of memory and cannot be retried with several processes: "
+                     r"lower data.batch_size \(now 4\), enable train.grad_ckpt", line), line
+    assert "OutOfMemoryError: injected out of memory in step 3" in result.stderr
+    # The checkpoint of step 2 is complete: the run resumes from it.
+    assert [p.name for p in run.checkpoints()] == ["step_00000002"]

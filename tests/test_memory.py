@@ -19,7 +19,7 @@ from gsv_accel.data.sampler import LengthBucketBatchSampler
 from gsv_accel.lifecycle import EXIT_CODE_OUT_OF_MEMORY
 from gsv_accel.memory import INJECT_OOM_ENV, PeakMemory, injected_oom_steps, is_out_of_memory
 
-from .test_session import config, train
+from .test_session import FakeRecipe, config, train
 
 SETTINGS = ("train.batch_size=4", "train.epochs=4", "checkpoint.every_n_steps=1", "checkpoint.keep_last=20")
 
@@ -204,3 +204,23 @@ def test_the_fp16_scaler_forgets_a_failed_step_so_the_retry_can_unscale_again():
     assert scaler.get_scale() == 4.0 and torch.equal(model.weight.grad, torch.ones(1, 2))
     scaler.step(optimizer)
     scaler.update()
+
+
+class HungryRecipe(FakeRecipe):
+    """The fake recipe on a device too small for micro-batches of more than two items: its step asks
+    the CPU allocator for an impossible amount of memory then (a real allocation failure)."""
+
+    def train_step(self, micro_batches):
+        if max(len(batch["x"]) for batch in micro_batches) > 2:
+            torch.empty(2**62, dtype=torch.uint8)
+        return super().train_step(micro_batches)
+
+
+def test_a_real_cpu_allocation_failure_is_retried_on_smaller_micro_batches(tmp_path):
+    cfg = config(tmp_path, *SETTINGS)
+    recipe = HungryRecipe(cfg)
+    recipe.setup()
+    assert recipe.train() == 0 and recipe.session.progress.step == 8
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert "step 1 ran out of memory ([enforce fail at" in log and "DefaultCPUAllocator" in log
+    assert [row["sys/micro_batch_size"] for row in metric_rows(tmp_path / "run")] == [2] * 8

@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -106,7 +107,8 @@ def step_peak_gib(kind: str, batch: int, seconds: float, ckpt: bool) -> float:
 
 
 def peak_child(kind: str, batch: int, seconds: float, ckpt: bool) -> float:
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); import torch; torch.set_num_threads(1);"
+    here = str(Path(__file__).resolve().parent)
+    code = (f"import sys; sys.path.insert(0, {here!r}); import torch; torch.set_num_threads(1);"
             "from bench_grad_ckpt import step_peak_gib;"
             f"print(step_peak_gib({kind!r}, {batch}, {seconds}, {ckpt}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

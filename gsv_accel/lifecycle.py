@@ -35,6 +35,10 @@ EXIT_CODE_NONFINITE = 3
 # A checkpoint could not be written (disk full, I/O error): sysexits' EX_IOERR. The partial save was
 # removed and the earlier checkpoints are intact; free space and `--resume auto`.
 EXIT_CODE_CHECKPOINT_WRITE = 74
+# A step ran out of memory with one item per micro-batch (or could not be retried: several processes,
+# DeepSpeed): sysexits' EX_TEMPFAIL. A checkpoint of the last completed step was written; lower the
+# memory use (the message says how) and `--resume auto`.
+EXIT_CODE_OUT_OF_MEMORY = 75
 
 
 VALIDATION_HISTORY = 10_000

@@ -23,6 +23,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+# Key the session adds to every micro-batch (a dict) it passes to `train_step`: the share of its
+# batch's items the micro-batch holds, 1.0 unless an out-of-memory error made the sampler cut batches
+# into pieces (`gsv_accel.memory`). A step then gets more micro-batches holding the same items; to keep
+# the optimizer step the same, weight a micro-batch's loss by `share / train.grad_accum` when the loss
+# is a mean over items, by `1 / train.grad_accum` when it is a sum.
+BATCH_SHARE = "batch_share"
+
 
 class RunOutcome(str, Enum):
     """What happened at a step or epoch boundary, and finally how the run ended."""
@@ -33,6 +40,7 @@ class RunOutcome(str, Enum):
     EARLY_STOP = "early_stop"  # the plateau controller stopped the run
     SIGNAL = "signal"  # SIGTERM/SIGINT: checkpoint written, exit 128 + signal
     NONFINITE = "nonfinite"  # non-finite losses and no rollback left (or train.on_nonfinite=stop)
+    OUT_OF_MEMORY = "out_of_memory"  # out of memory with one item per micro-batch (checkpoint written)
     ROLLBACK = "rollback"  # go back to the last checkpoint with a lower LR, then continue
 
     @property
@@ -68,7 +76,10 @@ class Recipe(Protocol):
         ...
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> StepResult:
-        """One optimizer step over `train.grad_accum` micro-batches."""
+        """One optimizer step over `train.grad_accum` batches, each possibly cut into several
+        micro-batches (see `BATCH_SHARE`). May raise an out-of-memory error: the session then runs the
+        step again on smaller micro-batches, so it must not change anything before its optimizer step
+        that a second call would not undo (zero the gradients first)."""
         ...
 
     def validate(self) -> ValidationResult:

@@ -20,7 +20,7 @@ do identically:
   and a save that cannot be written (disk full) ends the run with `EXIT_CODE_CHECKPOINT_WRITE`.
 
 `run_recipe` is the command line every recipe shares (config + overrides, `--resume`, exit codes);
-`TrainingSpeed` the steps/s and peak memory the runs report.
+`TrainingSpeed` the steps/s the runs report (`gsv_accel.memory`: peak memory, out-of-memory retries).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from .formats import GSVFormatError
 from .lifecycle import (
     EXIT_CODE_CHECKPOINT_WRITE,
     EXIT_CODE_NONFINITE,
+    EXIT_CODE_OUT_OF_MEMORY,
     EXIT_CODE_USER_ERROR,
     VALIDATION_HISTORY,
     StopRequest,
@@ -80,8 +81,9 @@ from .lifecycle import (
     seed_everything,
     set_cpu_threads,
 )
+from .memory import OutOfMemoryAtSmallestBatch, OutOfMemoryRetry, PeakMemory, injected_oom_steps
 from .plateau import PlateauConfig, PlateauController
-from .recipe import Recipe, RunOutcome, ValidationResult
+from .recipe import BATCH_SHARE, Recipe, RunOutcome, ValidationResult
 from .samples import save_validation_samples
 from .tracking import (
     TrackingConfig,
@@ -355,20 +357,42 @@ class TrainingSession:
             total_steps = min(total_steps, self.max_steps)
         bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process, desc=desc,
                    dynamic_ncols=True)
-        speed = TrainingSpeed(acc.device)
+        speed, memory = TrainingSpeed(acc.device), PeakMemory(acc.device)
+        oom = OutOfMemoryRetry(acc, self.models, sampler, deepspeed=is_deepspeed(acc),
+                               injected_steps=injected_oom_steps(rank=acc.process_index))
+        if sampler.micro_batch_size < sampler.batch_size:
+            logger.info("micro-batches of %d item(s) (data.batch_size %d), as the checkpoint's run had after "
+                        "an out-of-memory error", sampler.micro_batch_size, sampler.batch_size)
         outcome = RunOutcome.CONTINUE
         while progress.epoch < self.epochs and outcome is RunOutcome.CONTINUE:
             if sampler.epoch != progress.epoch:
                 sampler.set_epoch(progress.epoch)
-            micro_batches = []
+            # How many micro-batches each step takes from the loader, and their shares of their batches
+            # (one whole batch each unless an out-of-memory error made the sampler cut them).
+            plan = sampler.step_shares(grad_accum)
+            shares, micro_batches, retry = next(plan, None), [], False
             for batch in loader:
+                if shares is None:
+                    continue  # batches after the last whole step of the epoch are not trained on
                 micro_batches.append(batch)
-                if len(micro_batches) < grad_accum:
+                if len(micro_batches) < len(shares):
                     continue
+                for micro_batch, share in zip(micro_batches, shares, strict=True):
+                    micro_batch[BATCH_SHARE] = share
                 started = time.perf_counter()
-                result = self.recipe.train_step(micro_batches)
+                try:
+                    result = oom.attempt(self.recipe.train_step, micro_batches, progress.step + 1)
+                except OutOfMemoryAtSmallestBatch as err:
+                    logger.error("%s", err)
+                    outcome = RunOutcome.OUT_OF_MEMORY
+                    break
+                if result is None:
+                    # Out of memory: the sampler now cuts smaller micro-batches; fetch this step's items
+                    # again (its position moves only after a completed step).
+                    retry = True
+                    break
                 speed.add(time.perf_counter() - started)
-                micro_batches = []
+                micro_batches, shares = [], next(plan, None)
                 sampler.advance(grad_accum)
                 self.record_step(result.skipped)
                 if self.schedule_per_step:
@@ -377,6 +401,8 @@ class TrainingSession:
                 if progress.step % log_every == 0:
                     logs["train/nonfinite_steps_total"] = float(self.nonfinite_total)
                     logs.update(speed.logs())
+                    logs["sys/peak_memory_gib"] = memory.window_gib()
+                    logs.update(oom.logs())
                     self._log(logs)
                 bar.set_postfix(postfix(logs), refresh=False)
                 bar.update(1)
@@ -387,12 +413,14 @@ class TrainingSession:
                 # The epoch ran to its end: per-epoch LR decay, then epoch-level validation and saves.
                 self.end_epoch()
                 outcome = self.after_step(epoch_end=True)
+            if retry:
+                continue
             if outcome is RunOutcome.ROLLBACK:
                 outcome = self.rollback()
                 bar.n = progress.step
                 bar.refresh()
         bar.close()
-        logger.info("%s", speed.summary())
+        logger.info("%s", speed.summary(memory))
         if outcome is RunOutcome.CONTINUE:
             outcome = RunOutcome.FINISHED
         self.finish(outcome)
@@ -661,6 +689,8 @@ class TrainingSession:
         stop, 128 + signal number after SIGTERM/SIGINT, EXIT_CODE_NONFINITE after non-finite losses."""
         if outcome is RunOutcome.SIGNAL:
             return self.stop.exit_code
+        if outcome is RunOutcome.OUT_OF_MEMORY:
+            return EXIT_CODE_OUT_OF_MEMORY
         return EXIT_CODE_NONFINITE if outcome is RunOutcome.NONFINITE else 0
 
     def abort_on_write_error(self, err: CheckpointWriteError) -> int:
@@ -777,7 +807,7 @@ def check_same_engine(checkpoint: Path, *, deepspeed: bool) -> None:
 
 
 class TrainingSpeed:
-    """Time spent inside the training step (forward, backward, optimizer) and, on CUDA, peak memory.
+    """Time spent inside the training step (forward, backward, optimizer).
 
     Data loading, validation and checkpoints are not counted: this is the figure to compare across
     precisions and launchers. No extra synchronisation is needed on a GPU: every step reads its losses
@@ -795,23 +825,14 @@ class TrainingSpeed:
     def steps_per_second(self) -> float:
         return self.steps / self.seconds if self.seconds > 0 else float("nan")
 
-    def peak_memory_gib(self) -> float | None:
-        if self.device.type != "cuda":
-            return None
-        return torch.cuda.max_memory_allocated(self.device) / 2**30
-
     def logs(self) -> dict[str, float]:
-        logs = {"perf/train_steps_per_sec": self.steps_per_second()}
-        peak = self.peak_memory_gib()
-        if peak is not None:
-            logs["perf/peak_memory_gib"] = peak
-        return logs
+        return {"perf/train_steps_per_sec": self.steps_per_second()}
 
-    def summary(self) -> str:
-        peak = self.peak_memory_gib()
-        memory = f", peak memory {peak:.2f} GiB" if peak is not None else ""
+    def summary(self, memory: PeakMemory) -> str:
+        """The run's speed and peak memory (`memory.source` says which) in one line."""
         return (f"speed: {self.steps_per_second():.3f} training steps/s over {self.steps} steps of this "
-                f"process (data loading, validation and checkpoints not counted){memory}")
+                f"process (data loading, validation and checkpoints not counted); {memory.source}: "
+                f"peak memory {memory.run_gib():.2f} GiB")
 
 
 def nonfinite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -6,7 +6,9 @@
 
 Same machinery as the S2 recipe (`TrainingSession`): complete checkpoints with exact resume, the
 plateau controller (monitor `val/loss`), W&B/TensorBoard, `train.log`, mixed precision and several
-processes from the accelerate config, non-finite steps skipped and rolled back.
+processes from the accelerate config, non-finite steps skipped and rolled back, gradient
+checkpointing of the transformer layers (`train.grad_ckpt`), out-of-memory steps retried on half-size
+micro-batches (`gsv_accel.memory`).
 
 Training follows the official GPT stage where it matters for compatibility and states where it
 differs: the teacher-forced loss is the cross-entropy SUMMED over target positions (EOS appended,
@@ -51,7 +53,7 @@ from gsv_accel.lifecycle import exit_process
 from gsv_accel.models.gpt import GPTConfig, Text2SemanticDecoder
 from gsv_accel.models.gpt.model import top_k_accuracy
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.recipe import StepResult, ValidationResult
+from gsv_accel.recipe import BATCH_SHARE, StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
 from gsv_accel.tracking import TrackingConfig
@@ -97,6 +99,7 @@ class S1TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine decays to learning_rate * min_lr_ratio
     grad_clip: float | None = 1.0
     grad_accum: int = 1
+    grad_ckpt: bool = False  # gradient checkpointing of the transformer layers (less memory, ~1/3 slower)
     loss_reduction: str = "sum"
     dpo: bool = False
     log_every_n_steps: int = 1
@@ -167,6 +170,10 @@ class S1Recipe:
             pretrained = require_path("train.pretrained_s1", self.cfg.train.pretrained_s1)
             report = load_weights_into(self.model, pretrained, strict=True)
             logger.info("pretrained GPT from %s: %s", self.cfg.train.pretrained_s1, report)
+        self.model.set_grad_checkpointing(self.cfg.train.grad_ckpt)
+        if self.cfg.train.grad_ckpt:
+            logger.info("gradient checkpointing of the transformer layers (train.grad_ckpt): recomputed in "
+                        "the backward pass")
         self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.stepper = make_stepper(acc, self.cfg.train.grad_clip)
@@ -252,6 +259,9 @@ class S1Recipe:
         loss_sum = acc_sum = tokens = 0.0
         bad = False
         for index, batch in enumerate(micro_batches):
+            # A summed loss adds up over the pieces of a cut batch; a mean one (and the accuracy) counts
+            # a micro-batch by its share of its batch's items (see BATCH_SHARE).
+            share = batch.get(BATCH_SHARE, 1.0)
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
             inputs = (batch["phoneme_ids"], batch["phoneme_ids_len"], batch["semantic_ids"],
@@ -262,11 +272,11 @@ class S1Recipe:
                 with acc.autocast():
                     loss, top3 = self.model(*inputs, dpo=tc.dpo)
                 loss = loss.float()
-                scaled = loss / n_targets if tc.loss_reduction == "mean" else loss
-                stepper.backward(self.model, scaled / n, index == n - 1)
+                scaled = loss / n_targets * share if tc.loss_reduction == "mean" else loss
+                stepper.backward(self.model, scaled / tc.grad_accum, index == n - 1)
             bad = bad or not bool(torch.isfinite(loss))
             loss_sum += float(loss.detach())
-            acc_sum += float(top3) / n
+            acc_sum += float(top3) * share / tc.grad_accum
             tokens += n_targets
         grad_norm, skipped = stepper.step(self.optimizer, self.model, bad_loss=bad)
         if skipped:

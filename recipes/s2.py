@@ -7,8 +7,10 @@
 Supports (chosen by the accelerate config, not by this file): CPU, one or many GPUs (DDP), bf16,
 and fp16 with one loss scaler shared correctly by the two optimizers (stepped once per iteration,
 as the official trainer does). Gradient clipping (`train.grad_clip`) and accumulation
-(`train.grad_accum`). Exact resume from complete checkpoints (`--resume auto` or a folder), also
-after moving the run or the dataset, on another device type or another number of processes.
+(`train.grad_accum`); gradient checkpointing of the generator (`train.grad_ckpt`); a step that runs
+out of memory is retried on half-size micro-batches (`gsv_accel.memory`). Exact resume from complete
+checkpoints (`--resume auto` or a folder), also after moving the run or the dataset, on another
+device type or another number of processes.
 DeepSpeed ZeRO stage 1/2 (`recipes/accelerate/deepspeed_zero*.yaml`): one engine per model (two
 Accelerators), DeepSpeed checkpoints (the discriminator's in `discriminator/`), consolidated fp32
 weights for exports; DeepSpeed clips (`train.grad_clip`), accumulates (`train.grad_accum`), skips a
@@ -71,7 +73,7 @@ from gsv_accel.models.sovits.config import SoVITSConfig
 from gsv_accel.models.sovits.discriminator import DEFAULT_PERIOD_CHANNELS, DEFAULT_SCALE_CHANNELS
 from gsv_accel.plateau import PlateauConfig
 from gsv_accel.quality import QualityValidationConfig, VoiceQuality
-from gsv_accel.recipe import StepResult, ValidationResult
+from gsv_accel.recipe import BATCH_SHARE, StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
 from gsv_accel.tracking import TrackingConfig
@@ -129,6 +131,9 @@ class S2TrainConfig:
     c_kl: float = 1.0
     grad_clip: float | None = None  # max global grad norm per model; null = no clipping
     grad_accum: int = 1
+    # Gradient checkpointing of the generator's big activations (decoder stages, text encoder,
+    # posterior encoder, flows): less memory, the same gradients, about a third slower.
+    grad_ckpt: bool = False
     log_every_n_steps: int = 1
     # A step whose loss (or, without fp16 loss scaling, gradient norm) is NaN/inf is skipped. After
     # this many in a row the run rolls back to its last complete checkpoint with the LR scale times
@@ -279,6 +284,10 @@ class S2Recipe:
                 if path:
                     report = load_weights_into(net, require_path(key, path))
                     logger.info("pretrained %s from %s: %s", role, path, report)
+        self.net_g.set_grad_checkpointing(cfg.train.grad_ckpt)
+        if cfg.train.grad_ckpt:
+            logger.info("gradient checkpointing of the generator (train.grad_ckpt): text encoder, posterior "
+                        "encoder, flows and decoder stages are recomputed in the backward pass")
         if cfg.model.freeze_quantizer:
             # Frozen by requires_grad, so DDP never waits for gradients they will not get.
             for module in (self.net_g.ssl_proj, self.net_g.quantizer):
@@ -331,6 +340,9 @@ class S2Recipe:
         bad_d = bad_g = False
         for index, batch in enumerate(micro_batches):
             last = index == n - 1
+            # The losses are means over items: a micro-batch counts by its share of its batch's items
+            # (1.0 unless an out-of-memory error cut the batch), so the step is that of whole batches.
+            share = batch.get(BATCH_SHARE, 1.0)
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
             with stepper.no_sync(self.net_g, not last):
@@ -344,7 +356,7 @@ class S2Recipe:
                 with self.autocast():
                     real_scores, fake_scores, _, _ = self.net_d(real, out.wav.detach())
                 loss_disc = discriminator_lsgan_loss(real_scores, fake_scores)
-                stepper.backward(self.net_d, loss_disc / n, last)
+                stepper.backward(self.net_d, loss_disc * share / tc.grad_accum, last)
             bad_d = bad_d or not bool(torch.isfinite(loss_disc))
             if last:
                 # D steps as soon as its gradients are complete, before G's adversarial pass, as in
@@ -367,13 +379,14 @@ class S2Recipe:
                 loss_fm = feature_matching_loss(real_maps, fake_maps)
                 loss_adv = generator_lsgan_loss(fake_scores)
                 loss_gen = loss_adv + loss_fm + loss_mel + out.commit_loss.float() + loss_kl
-                stepper.backward(self.net_g, loss_gen / n, last)
+                stepper.backward(self.net_g, loss_gen * share / tc.grad_accum, last)
             self.net_d.requires_grad_(True)
             bad_g = bad_g or not bool(torch.isfinite(loss_gen))
             for key, value in (("loss_disc", loss_disc), ("loss_gen", loss_gen), ("loss_adv", loss_adv),
                                ("loss_fm", loss_fm), ("loss_mel", loss_mel), ("loss_kl", loss_kl),
                                ("loss_commit", out.commit_loss)):
-                totals[f"train/{key}"] = totals.get(f"train/{key}", 0.0) + float(value.detach()) / n
+                totals[f"train/{key}"] = (totals.get(f"train/{key}", 0.0)
+                                          + float(value.detach()) * share / tc.grad_accum)
         grad_norm_g, skipped_g = stepper.step(self.optim_g, self.net_g, bad_loss=bad_g, update_scaler=True)
         if skipped_d or skipped_g:
             logger.warning("step %d: non-finite loss or gradient, optimizer step skipped (%s)",

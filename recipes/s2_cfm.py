@@ -73,7 +73,7 @@ from gsv_accel.models.sovits.lora import add_lora, has_lora, lora_state_dict, me
 from gsv_accel.models.vocoder import VocoderFileError, load_vocoder
 from gsv_accel.plateau import PlateauConfig
 from gsv_accel.quality import QualityValidationConfig, VoiceQuality
-from gsv_accel.recipe import StepResult, ValidationResult
+from gsv_accel.recipe import BATCH_SHARE, StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
 from gsv_accel.tracking import TrackingConfig
@@ -272,16 +272,19 @@ class CFMRecipe:
         acc, stepper, n = self.accelerator, self.stepper, len(micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
         total, bad = 0.0, False
+        accum = self.cfg.train.grad_accum
         for index, batch in enumerate(micro_batches):
             last = index == n - 1
+            # A mean loss: a micro-batch counts by its share of its batch (see BATCH_SHARE).
+            share = batch.get(BATCH_SHARE, 1.0)
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in batch.items()}
             with stepper.no_sync(self.model, not last):
                 with acc.autocast():
                     loss = self._loss(self.model, batch).float()
-                stepper.backward(self.model, loss / n, last)
+                stepper.backward(self.model, loss * share / accum, last)
             bad = bad or not bool(torch.isfinite(loss))
-            total += float(loss.detach()) / n
+            total += float(loss.detach()) * share / accum
         grad_norm, skipped = stepper.step(self.optimizer, self.model, bad_loss=bad)
         if skipped:
             logger.warning("step %d: non-finite loss or gradient, optimizer step skipped",

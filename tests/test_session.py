@@ -19,7 +19,7 @@ from gsv_accel.checkpoint import CheckpointManager, verify_checkpoint
 from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config
 from gsv_accel.data.sampler import LengthBucketBatchSampler
 from gsv_accel.plateau import PlateauConfig
-from gsv_accel.recipe import Recipe, RunOutcome, StepResult, ValidationResult
+from gsv_accel.recipe import BATCH_SHARE, Recipe, RunOutcome, StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
 from gsv_accel.tracking import TrackingConfig
@@ -38,6 +38,7 @@ class FakeTrain:
     lr_decay: float = 0.9
     grad_clip: float | None = None
     grad_accum: int = 1
+    batch_size: int = 2
     max_nonfinite_steps: int = 3
     on_nonfinite: str = "rollback"
     rollback_lr_factor: float = 0.5
@@ -55,7 +56,8 @@ class FakeConfig:
 
 
 class FakeRecipe:
-    """Eight items, batches of two: four steps per epoch. Validation returns the scripted values."""
+    """Eight items, batches of two (train.batch_size): four steps per epoch. Validation returns the
+    scripted values."""
 
     def __init__(self, cfg: FakeConfig, resume: str | None = None, script: dict[int, float] | None = None):
         self.cfg, self.resume = cfg, resume
@@ -69,7 +71,8 @@ class FakeRecipe:
         optimizer = torch.optim.SGD(model.parameters(), lr=self.cfg.train.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.cfg.train.lr_decay)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.sampler = LengthBucketBatchSampler([10] * 8, 2, [0, 100], seed=self.cfg.run.seed)
+        self.sampler = LengthBucketBatchSampler([10] * 8, self.cfg.train.batch_size, [0, 100],
+                                                seed=self.cfg.run.seed)
         data = torch.arange(8 * self.cfg.model.width, dtype=torch.float32).view(8, -1) / 10
         self.loader = torch.utils.data.DataLoader(list(range(8)), batch_sampler=self.sampler,
                                                   collate_fn=lambda ids: {"x": data[ids]})
@@ -86,7 +89,8 @@ class FakeRecipe:
 
     def train_step(self, micro_batches: list[dict]) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = sum((self.model(b["x"]) - 1).pow(2).mean() for b in micro_batches)
+        # Mean losses: a piece of a batch cut after an out-of-memory error counts by its share of it.
+        loss = sum((self.model(b["x"]) - 1).pow(2).mean() * b[BATCH_SHARE] for b in micro_batches)
         self.stepper.backward(self.model, loss, True)
         _, skipped = self.stepper.step(self.optimizer, self.model, bad_loss=not bool(torch.isfinite(loss)))
         lr = self.optimizer.param_groups[0]["lr"]

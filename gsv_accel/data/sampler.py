@@ -15,6 +15,10 @@ framework that must resume exactly:
   of steps (a requirement of DDP, which would otherwise hang).
 * Items outside the bucket boundaries are dropped, as the official sampler does, and listed in
   `dropped_indices` so the caller can report them.
+
+After an out-of-memory error (`gsv_accel.memory`) the sampler cuts every batch into micro-batches of
+at most `micro_batch_size` items: the loader then yields the pieces, while the position still counts
+whole batches, so a step covers the same items as before. The micro-batch size is part of the state.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class LengthBucketBatchSampler:
         if list(boundaries) != sorted(boundaries) or len(boundaries) < 2:
             raise ValueError(f"bucket boundaries must be >= 2 increasing numbers, got {list(boundaries)}")
         self.batch_size = batch_size
+        # Items per piece the loader yields; below batch_size only after an out-of-memory error.
+        self.micro_batch_size = batch_size
         self.boundaries = list(boundaries)
         self.num_replicas = num_replicas
         self.rank = rank
@@ -93,16 +99,41 @@ class LengthBucketBatchSampler:
             batches.extend(tail_items[r::self.num_replicas] for r in range(self.num_replicas))
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self.global_batches()
+    def _remaining_batches(self) -> list[list[int]]:
+        """This process's batches of the current epoch not consumed yet."""
         # Start at the first batch not yet consumed that belongs to this rank's slot.
-        start = self.consumed_batches + self.rank
-        yield from batches[start::self.num_replicas]
+        return self.global_batches()[self.consumed_batches + self.rank::self.num_replicas]
+
+    def split(self, batch: list[int]) -> list[list[int]]:
+        """A batch cut into micro-batches of at most `micro_batch_size` items, in order."""
+        size = self.micro_batch_size
+        return [batch[i:i + size] for i in range(0, len(batch), size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._remaining_batches():
+            yield from self.split(batch)
 
     def __len__(self) -> int:
-        """Batches this process still yields in the current epoch."""
+        """Micro-batches this process still yields in the current epoch (batches, unless split)."""
         total = len(self.global_batches()) // self.num_replicas
-        return total - self.consumed_batches // self.num_replicas
+        remaining = self._remaining_batches()[:total - self.consumed_batches // self.num_replicas]
+        return sum(len(self.split(batch)) for batch in remaining)
+
+    def step_shares(self, batches_per_step: int) -> Iterator[list[float]]:
+        """For each step left in this epoch (`batches_per_step` batches), the share of its batch's
+        items that each micro-batch the loader yields for it holds (all 1.0 unless batches are split).
+        The number of entries is the number of micro-batches the step takes from the loader."""
+        remaining = self._remaining_batches()
+        for start in range(0, len(remaining) - batches_per_step + 1, batches_per_step):
+            yield [len(piece) / len(batch) for batch in remaining[start:start + batches_per_step]
+                   for piece in self.split(batch)]
+
+    def halve_micro_batch(self) -> int:
+        """Cut batches into micro-batches of half as many items (rounded up); returns the new size."""
+        if self.micro_batch_size <= 1:
+            raise ValueError("micro-batches hold one item already")
+        self.micro_batch_size = (self.micro_batch_size + 1) // 2
+        return self.micro_batch_size
 
     def steps_per_epoch(self) -> int:
         return len(self.global_batches()) // self.num_replicas
@@ -117,7 +148,8 @@ class LengthBucketBatchSampler:
         self.consumed_batches += steps * self.num_replicas
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed_batches": self.consumed_batches, "seed": self.seed}
+        return {"epoch": self.epoch, "consumed_batches": self.consumed_batches, "seed": self.seed,
+                "micro_batch_size": self.micro_batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue where a checkpoint stopped; `consumed_batches` counts global batches, so it stays
@@ -127,3 +159,5 @@ class LengthBucketBatchSampler:
         self.seed = int(state.get("seed", self.seed))
         consumed = int(state["consumed_batches"])
         self.consumed_batches = consumed - consumed % self.num_replicas
+        # Checkpoints written before micro-batches existed have none: whole batches.
+        self.micro_batch_size = min(int(state.get("micro_batch_size", self.batch_size)), self.batch_size)

@@ -131,6 +131,13 @@ class Text2SemanticDecoder(nn.Module):
                                   config.transformer_dropout, config.norm_first)
         self.ar_predict_layer = nn.Linear(dim, config.vocab_size, bias=False)
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> Text2SemanticDecoder:
+        """Gradient checkpointing (`train.grad_ckpt`) of every transformer layer in training passes:
+        the same loss and gradients, one more forward pass of the layers; the state dict does not
+        change."""
+        self.h.grad_ckpt = enabled
+        return self
+
     # ------------------------------------------------------------------------------------ inputs
 
     def embed_text(self, phoneme_ids: torch.Tensor, bert_feature: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grad_ckpt import checkpointed
+
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -150,7 +152,10 @@ class TransformerLayer(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """`layers` applied in turn; pre-norm stacks end with `norm` (post-norm stacks have none)."""
+    """`layers` applied in turn; pre-norm stacks end with `norm` (post-norm stacks have none).
+    `grad_ckpt` checkpoints each layer in passes that record gradients."""
+
+    grad_ckpt = False
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, num_layers: int, dropout: float = 0.1,
                  norm_first: bool = False) -> None:
@@ -163,7 +168,8 @@ class TransformerStack(nn.Module):
                 caches: list[KVCache] | None = None) -> tuple[torch.Tensor, list[KVCache]]:
         new_caches = []
         for i, layer in enumerate(self.layers):
-            x, cache = layer(x, mask, None if caches is None else caches[i])
+            x, cache = checkpointed(layer, x, mask, None if caches is None else caches[i],
+                                    enabled=self.grad_ckpt)
             new_caches.append(cache)
         if self.norm is not None:
             x = self.norm(x)

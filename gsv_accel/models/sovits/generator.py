@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grad_ckpt import checkpointed
 from .attentions import MRTE, AttentionEncoder
 from .commons import rand_slice_segments, sequence_mask
 from .config import SoVITSConfig
@@ -51,7 +52,12 @@ class TextEncoder(nn.Module):
     through an embedding and another transformer (`encoder_text`); MRTE lets each content frame
     attend to the phones and adds the speaker embedding; a last transformer (`encoder2`) and a 1x1
     projection give the mean and log-std of the prior, one frame per content frame.
+
+    With `grad_ckpt` the three transformers and MRTE are checkpointed (their attention maps grow with
+    the square of the length).
     """
+
+    grad_ckpt = False
 
     def __init__(self, out_channels: int, hidden_channels: int, filter_channels: int, n_heads: int,
                  n_layers: int, kernel_size: int, p_dropout: float, n_symbols: int, ssl_dim: int = 768,
@@ -77,16 +83,17 @@ class TextEncoder(nn.Module):
         `speed` != 1 resamples the encoded frames in time (inference only: >1 speaks faster).
         Returns (hidden (B, H, T'), m_p, logs_p (B, out_channels, T'), y_mask (B, 1, T')).
         """
+        ckpt = self.grad_ckpt
         y_mask = _length_mask(y_lengths, y.size(2), y.dtype)
         y = self.ssl_proj(y * y_mask) * y_mask
-        y = self.encoder_ssl(y * y_mask, y_mask)
+        y = checkpointed(self.encoder_ssl, y * y_mask, y_mask, enabled=ckpt)
 
         text_mask = _length_mask(text_lengths, text.size(1), y.dtype)
         text = self.text_embedding(text).transpose(1, 2)
-        text = self.encoder_text(text * text_mask, text_mask)
+        text = checkpointed(self.encoder_text, text * text_mask, text_mask, enabled=ckpt)
 
-        y = self.mrte(y, y_mask, text, text_mask, ge)
-        y = self.encoder2(y * y_mask, y_mask)
+        y = checkpointed(self.mrte, y, y_mask, text, text_mask, ge, enabled=ckpt)
+        y = checkpointed(self.encoder2, y * y_mask, y_mask, enabled=ckpt)
         if speed != 1:
             new_length = int(y.shape[-1] / speed) + 1
             y = F.interpolate(y, size=new_length, mode="linear")
@@ -286,6 +293,15 @@ class SynthesizerTrn(nn.Module):
         """What the text encoder's MRTE gets for a conditioning `ge`: `ge` itself (v1/v2), or its
         projection to MRTE's width (v2Pro/v2ProPlus: `ge_to512`)."""
         return self.speaker_conditioning.text_condition(self, ge)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> SynthesizerTrn:
+        """Gradient checkpointing (`train.grad_ckpt`) of the training pass's big activations: the text
+        encoder's transformers and MRTE, the posterior encoder's WaveNet, each flow coupling and each
+        decoder upsampling stage with its residual blocks (the decoder holds most of them). The same
+        losses and gradients, one more forward pass of those parts; the state dict does not change."""
+        for module in (self.enc_p, self.enc_q, self.flow, self.dec):
+            module.grad_ckpt = enabled
+        return self
 
     def train(self, mode: bool = True) -> SynthesizerTrn:
         """As nn.Module.train, except that a frozen quantizer (and its SSL projection) stays in

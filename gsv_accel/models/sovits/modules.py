@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv_accel.models.grad_ckpt import checkpointed
 from gsv_accel.models.sovits.commons import gated_tanh_sigmoid, same_padding, sequence_mask
 
 # Negative slope of the leaky ReLUs inside HiFi-GAN and the discriminators.
@@ -185,7 +186,10 @@ class WN(nn.Module):
 
 
 class PosteriorEncoder(nn.Module):
-    """q(z | linear spectrogram): 1x1 conv, WN stack, projection to mean and log-std, then a sample."""
+    """q(z | linear spectrogram): 1x1 conv, WN stack, projection to mean and log-std, then a sample.
+    `grad_ckpt` checkpoints the WN stack."""
+
+    grad_ckpt = False
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, kernel_size: int,
                  dilation_rate: int, n_layers: int, gin_channels: int = 0) -> None:
@@ -207,7 +211,7 @@ class PosteriorEncoder(nn.Module):
             g = g.detach()
         x_mask = sequence_mask(x_lengths, x.size(2)).unsqueeze(1).to(x.dtype)
         h = self.pre(x) * x_mask
-        h = self.enc(h, x_mask, g=g)
+        h = checkpointed(self.enc, h, x_mask, g=g, enabled=self.grad_ckpt)
         stats = self.proj(h) * x_mask
         m, logs = torch.split(stats, self.out_channels, dim=1)
         z = (m + torch.randn_like(m) * torch.exp(logs)) * x_mask
@@ -267,7 +271,10 @@ class Flip(nn.Module):
 
 
 class ResidualCouplingBlock(nn.Module):
-    """Volume-preserving flow: `n_flows` x (mean-only coupling, flip). Returns only the mapped tensor."""
+    """Volume-preserving flow: `n_flows` x (mean-only coupling, flip). Returns only the mapped tensor.
+    `grad_ckpt` checkpoints each coupling of the forward (training) direction."""
+
+    grad_ckpt = False
 
     def __init__(self, channels: int, hidden_channels: int, kernel_size: int, dilation_rate: int,
                  n_layers: int, n_flows: int = 4, gin_channels: int = 0) -> None:
@@ -287,7 +294,8 @@ class ResidualCouplingBlock(nn.Module):
                 x = flow(x, x_mask, g=g, reverse=True)
         else:
             for flow in self.flows:
-                x, _ = flow(x, x_mask, g=g, reverse=False)
+                x, _ = checkpointed(flow, x, x_mask, g=g, reverse=False,
+                                    enabled=self.grad_ckpt and not isinstance(flow, Flip))
         return x
 
 
@@ -361,8 +369,11 @@ class HiFiGANGenerator(nn.Module):
     count and is followed by len(resblock_kernel_sizes) parallel residual blocks whose outputs are
     averaged. `is_bias` gives the last convolution a bias (the v4 vocoder has one, the v2 decoder not);
     `remove_weight_norm()` folds the weight norms into plain `weight` parameters, the layout of the
-    inference checkpoints (`gsv-v4-pretrained/vocoder.pth`).
+    inference checkpoints (`gsv-v4-pretrained/vocoder.pth`). `grad_ckpt` checkpoints each upsampling
+    stage with its residual blocks.
     """
+
+    grad_ckpt = False
 
     def __init__(self, initial_channel: int, resblock: str, resblock_kernel_sizes: Sequence[int],
                  resblock_dilation_sizes: Sequence[Sequence[int]], upsample_rates: Sequence[int],
@@ -400,16 +411,20 @@ class HiFiGANGenerator(nn.Module):
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)
-        for i, upsample in enumerate(self.ups):
-            x = upsample(F.leaky_relu(x, LRELU_SLOPE))
-            blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            summed = blocks[0](x)
-            for block in blocks[1:]:
-                summed = summed + block(x)
-            x = summed / self.num_kernels
+        for i in range(self.num_upsamples):
+            x = checkpointed(self._stage, i, x, enabled=self.grad_ckpt)
         # The official code uses leaky_relu's default slope (0.01) here, not LRELU_SLOPE.
         x = self.conv_post(F.leaky_relu(x))
         return torch.tanh(x)
+
+    def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Upsampling stage i: upsample, then the mean of its residual blocks."""
+        x = self.ups[i](F.leaky_relu(x, LRELU_SLOPE))
+        blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+        summed = blocks[0](x)
+        for block in blocks[1:]:
+            summed = summed + block(x)
+        return summed / self.num_kernels
 
     def remove_weight_norm(self) -> None:
         for layer in self.ups:

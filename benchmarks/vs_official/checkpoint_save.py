@@ -62,7 +62,7 @@ def wait_published(session, folder: Path, timeout: float = 600.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = harness.parser(__doc__.splitlines()[0])
+    p = harness.parser(__doc__.splitlines()[0], clock=False)  # a stall is elapsed time
     args = p.parse_args(argv)
     root = harness.require_official("checkpoint save vs official")
     if root is None:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"<= {STALL_FRACTION} and < {STALL_LIMIT_S} s",
                     stall_ratio <= STALL_FRACTION and stall < STALL_LIMIT_S),
     ]
-    return harness.finish(rows, args, "Checkpoint save, ours vs official", device)
+    return harness.finish(rows, args, "Checkpoint save, ours vs official", device, clock="wall")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
 import types
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 OFFICIAL_ENV = "GSV_OFFICIAL"
@@ -74,12 +75,28 @@ def require_official(what: str) -> Path | None:
 # ------------------------------------------------------------------------------------------- timing
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its waited-for children (the official loader
+    decodes audio in ffmpeg processes). On a shared machine other jobs delay a process (wall time)
+    far more than they change the CPU time its work takes, so alternated CPU times compare two codes
+    more steadily; with one torch thread a step's CPU time is its compute time."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+CLOCKS = {"cpu": cpu_seconds, "wall": time.perf_counter}
+CLOCK_NAMES = {"cpu": "CPU seconds (process + children)", "wall": "wall seconds"}
+
+
 @dataclass
 class Alternated:
-    """Seconds of each side, pair by pair."""
+    """Seconds of each side, pair by pair, on the chosen clock (and on the wall clock)."""
 
     ours: list[float]
     official: list[float]
+    ours_wall: list[float] = field(default_factory=list)
+    official_wall: list[float] = field(default_factory=list)
 
     def ratios(self) -> list[float]:
         """ours / official per pair."""
@@ -110,23 +127,24 @@ def alternate(ours: Callable[[], object], official: Callable[[], object], pairs:
         ours()
         official()
 
-    def timed(fn: Callable[[], object]) -> float:
-        start = clock()
+    def timed(fn: Callable[[], object]) -> tuple[float, float]:
+        start, wall = clock(), time.perf_counter()
         fn()
-        return clock() - start
+        return clock() - start, time.perf_counter() - wall
 
     result = Alternated([], [])
     for index in range(pairs):
         if index % 2 == 0:
-            a = timed(ours)
-            b = timed(official)
+            (a, a_wall), (b, b_wall) = timed(ours), timed(official)
         else:
-            b = timed(official)
-            a = timed(ours)
+            (b, b_wall), (a, a_wall) = timed(official), timed(ours)
         result.ours.append(a)
         result.official.append(b)
+        result.ours_wall.append(a_wall)
+        result.official_wall.append(b_wall)
         if log is not None:
-            log(f"pair {index}: ours {a:.3f} s, official {b:.3f} s, ratio {a / b:.3f}")
+            log(f"pair {index}: ours {a:.3f} s, official {b:.3f} s, ratio {a / b:.3f} (wall: {a_wall:.3f} s, "
+                f"{b_wall:.3f} s, {a_wall / b_wall:.3f})")
     return result
 
 
@@ -199,8 +217,8 @@ def seconds(value: float) -> str:
 # --------------------------------------------------------------------------------------- arguments
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """The options every script takes."""
+def parser(description: str, clock: bool = True) -> argparse.ArgumentParser:
+    """The options every script takes (`--clock` where the script may time on CPU seconds)."""
     p = argparse.ArgumentParser(description=description,
                                 epilog=f"Needs {OFFICIAL_ENV}=PATH (a GPT-SoVITS checkout); without it the "
                                        "script prints why it skips and exits 0.")
@@ -208,6 +226,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine more threads make "
                         "timings swing many times over)")
+    if clock:
+        p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                       help="what a pair compares: cpu = CPU seconds of the process and its children "
+                            "(default; steadier on a shared machine), wall = elapsed seconds (always wall "
+                            "on a GPU)")
     p.add_argument("--json", type=Path, default=None, help="also write the table rows here (for run_all.py)")
     return p
 
@@ -219,10 +242,19 @@ def load_average() -> str:
         return "unknown"
 
 
-def finish(rows: Sequence[Row], args: argparse.Namespace, title: str, device: object = "cpu") -> int:
+def clock_for(args: argparse.Namespace, device: object = "cpu") -> str:
+    """The clock a script times with: `--clock`, but wall time on a GPU (CPU time misses its work)."""
+    return "wall" if getattr(device, "type", str(device)) == "cuda" else args.clock
+
+
+def finish(rows: Sequence[Row], args: argparse.Namespace, title: str, device: object = "cpu",
+           clock: str | None = None) -> int:
     """Print the script's table (and write --json); exit code 0 (targets are reported, not enforced)."""
-    print(f"\n{title} (on {device}, {args.threads} thread(s), load average {load_average()})")
+    clock = clock or clock_for(args, device)
+    print(f"\n{title} (on {device}, {args.threads} thread(s), {CLOCK_NAMES[clock]}, load average "
+          f"{load_average()})")
     print(markdown_table(rows))
     if args.json:
-        write_rows(args.json, rows, threads=args.threads, load_average=load_average(), device=str(device))
+        write_rows(args.json, rows, threads=args.threads, load_average=load_average(), device=str(device),
+                   clock=clock)
     return 0

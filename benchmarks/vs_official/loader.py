@@ -14,7 +14,8 @@ layout (`logs/<exp>/2-name2text.txt`, `4-cnhubert/<name>.pt` (1, D, T) float32, 
   `DistributedBucketSampler` with `s2_train.py`'s boundaries, `TextAudioSpeakerCollate`.
 Both in a `DataLoader` with 0 workers and the same batch size, each cycling through epochs. A round
 takes `--batches` batches from each, alternating which goes first; the row gives the median batches/s
-of each and the median over rounds of ours / official batches/s (target >= 10).
+of each and the median over rounds of ours / official batches/s (target >= 10). Seconds are CPU seconds
+of the process and its children (the ffmpeg decoders included) by default, `--clock wall` elapsed.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 next(iterator)
 
         timings = harness.alternate(lambda: take(ours), lambda: take(official), args.pairs, warmup=1,
+                                    clock=harness.CLOCKS[args.clock],
                                     log=lambda line: print("  " + line, flush=True))
     ours_rate = [args.batches / s for s in timings.ours]
     official_rate = [args.batches / s for s in timings.official]

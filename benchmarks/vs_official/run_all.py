@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[harness.Row] = []
     failed: list[str] = []
     devices: set[str] = set()
+    clocks: list[str] = []
     started = time.perf_counter()
     loads = [harness.load_average()]
     with tempfile.TemporaryDirectory(prefix="gsv_vs_official_") as work:
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(f"{name} (exit {result.returncode})")
                 continue
             rows += harness.read_rows(out)
-            devices.add(str(json.loads(out.read_text()).get("device", "cpu")))
+            info = json.loads(out.read_text())
+            devices.add(str(info.get("device", "cpu")))
+            clocks.append(f"{name}: {harness.CLOCK_NAMES[info.get('clock', 'wall')]}")
     minutes = (time.perf_counter() - started) / 60
     import torch
 
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{platform.node() or 'this machine'}: {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"device {', '.join(sorted(devices)) or 'none'}, "
           f"{args.threads} torch thread(s), {minutes:.1f} min; load average (1/5/15 min) at the start and "
-          f"after each script: {' | '.join(loads)}. Ratios are medians over alternated pairs.\n")
+          f"after each script: {' | '.join(loads)}. Times: {'; '.join(clocks)}. Ratios are medians over "
+          "alternated pairs.\n")
     print(harness.markdown_table(rows))
     if failed:
         print(f"\nfailed to run: {', '.join(failed)}", file=sys.stderr)

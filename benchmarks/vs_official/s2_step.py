@@ -23,7 +23,9 @@ part of what users run and are timed as such: the official G backward also compu
 (and of the SSL projection), ours freezes them.
 
 Each shape runs `--warmup` untimed pairs, then `--pairs` alternated pairs; the row gives the median
-step time of each side and the median over pairs of ours / official (target <= 0.9).
+step time of each side and the median over pairs of ours / official (target <= 0.9). On a CPU the
+times are CPU seconds of the process by default (`--clock wall` for elapsed time; see
+`harness.cpu_seconds`); with one torch thread (the default) that is the step's compute time.
 """
 
 from __future__ import annotations
@@ -231,6 +233,7 @@ def time_shape(what: str, shape: str, recipe_step, official_step, batch: dict, d
     print(f"{what}, {shape} on {device}:", flush=True)
     timings = harness.alternate(harness.synced(lambda: recipe_step([batch]), device),
                                 harness.synced(lambda: official_step(batch), device), args.pairs, args.warmup,
+                                clock=harness.CLOCKS[harness.clock_for(args, device)],
                                 log=lambda line: print("  " + line, flush=True))
     ratio = timings.median_ratio()
     return harness.Row(what, shape, harness.seconds(statistics.median(timings.ours)),

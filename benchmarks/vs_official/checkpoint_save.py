@@ -8,16 +8,20 @@ Both sides first take one training step (batch 1 x 1 s) so the optimizers hold t
   in the working folder, then moved into place). Synchronous: the training loop stalls for all of it.
 - ours: `TrainingSession.save(...)` of the recipe set up from `recipes/configs/s2_v2.yaml` (the call the
   session makes at an interval save: Accelerate `save_state`, sha256 manifest, atomic publish, pruning
-  to `checkpoint.keep_last`). The stall is the time spent inside that call, until control returns to
-  the training loop; the total runs until the checkpoint folder is published complete (its
-  manifest.json exists): the same figure for a synchronous save, later for a save that writes in the
-  background (the session's wait method is called when it has one).
+  to `checkpoint.keep_last`). The stall is the time the training loop is held: inside that call until
+  control returns, plus what the next optimizer steps wait for (a save that writes in the background
+  may hold them until it has copied the state; timed as a `step()` of each optimizer with no
+  gradients, which updates nothing, right after the call: an upper bound, since in training the next
+  step's forward and backward come first). The total runs until the checkpoint folder is published complete
+  (its manifest.json exists; the checkpoint manager's `wait` is called when it has one): the same
+  figure as the stall for a synchronous save, later for a background one.
 Rounds alternate which side saves first; each row gives medians over `--pairs` rounds. Targets: the
 stall < 0.5 s and <= 1/5 of the official save time.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import statistics
 import sys
@@ -39,6 +43,17 @@ WAIT_METHODS = ("wait_for_checkpoint", "wait_for_save", "wait_for_saves", "wait_
                 "flush_checkpoints", "wait")
 
 
+def call_wait(method, accelerator) -> None:
+    """A wait method, given the accelerator when it takes an argument (CheckpointManager.wait does)."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in inspect.signature(method).parameters.values()
+                if p.default is inspect.Parameter.empty and p.kind in positional]
+    if required:
+        method(accelerator)
+    else:
+        method()
+
+
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -49,7 +64,7 @@ def wait_published(session, folder: Path, timeout: float = 600.0) -> None:
         for name in WAIT_METHODS:
             method = getattr(owner, name, None)
             if callable(method):
-                method()
+                call_wait(method, session.accelerator)
                 break
         else:
             continue
@@ -94,12 +109,21 @@ def main(argv: list[str] | None = None) -> int:
         official_dir.mkdir()
         lr = official.optim_g.param_groups[0]["lr"]
 
+        optimizers = (recipe.optim_d, recipe.optim_g)  # the order the next training step uses them
+
         def ours() -> None:
             session.progress.step += 1  # a new checkpoint folder each round, as in training
+            for optimizer in optimizers:  # no gradients: the steps below wait for the save, change nothing
+                optimizer.zero_grad(set_to_none=True)
             start = time.perf_counter()
             path = session.save("interval")
+            in_call = time.perf_counter() - start
+            for optimizer in optimizers:
+                optimizer.step()
             stall = time.perf_counter() - start
             wait_published(session, path)
+            print(f"  ours: {in_call:.3f} s in the save call, {stall - in_call:.3f} s waited by the next "
+                  "optimizer steps", flush=True)
             stalls.append(stall)
             ours_totals.append(time.perf_counter() - start)
             ours_sizes.append(folder_bytes(path))

@@ -58,7 +58,8 @@ bench: $(STAMP)
 # without it the runner says so and exits 0): S2 training steps, data loader, checkpoint save; one table.
 # The official modules need the `bench` extra (librosa, ffmpeg-python) and the ffmpeg command line.
 bench-official: $(STAMP)
-	@$(PYTHON) -c "import librosa, ffmpeg" 2>/dev/null || $(PYTHON) -m pip install --quiet -e ".[bench]"
+	@if [ -n "$$GSV_OFFICIAL" ]; then $(PYTHON) -c "import librosa, ffmpeg" 2>/dev/null \
+		|| $(PYTHON) -m pip install --quiet -e ".[bench]"; fi
 	$(PYTHON) benchmarks/vs_official/run_all.py $(BENCH_OFFICIAL_ARGS)
 
 # Needs a CUDA GPU: the default v2 model in fp32/bf16/fp16 and under DeepSpeed ZeRO-2 (README, "Scaling out").

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU_PIN ?= torch==2.13.0
 EXTRAS ?= dev,tensorboard,text,deepspeed
 
-.PHONY: install test demo demo-s1 bench bench-gpu soak lint clean
+.PHONY: install test demo demo-s1 bench bench-official bench-gpu soak lint clean
 
 install: $(STAMP)
 
@@ -54,6 +54,14 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_s1.py
 	$(PYTHON) benchmarks/bench_cfm.py
 	$(PYTHON) benchmarks/bench_grad_ckpt.py
+
+# Side by side with the official GPT-SoVITS code, imported at run time from GSV_OFFICIAL=PATH (a checkout;
+# without it the runner says so and exits 0): S2 training steps, data loader, checkpoint save; one table.
+# The official modules need the `bench` extra (librosa, ffmpeg-python) and the ffmpeg command line.
+bench-official: $(STAMP)
+	@if [ -n "$$GSV_OFFICIAL" ]; then $(PYTHON) -c "import librosa, ffmpeg" 2>/dev/null \
+		|| $(PYTHON) -m pip install --quiet -e ".[bench]"; fi
+	$(PYTHON) benchmarks/vs_official/run_all.py $(BENCH_OFFICIAL_ARGS)
 
 # Needs a CUDA GPU: the default v2 model in fp32/bf16/fp16 and under DeepSpeed ZeRO-2 (README, "Scaling out").
 bench-gpu: $(STAMP)

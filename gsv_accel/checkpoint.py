@@ -68,9 +68,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .atomic import fsync_dir, write_json_atomic
 from .distributed import any_process
-from .host_copy import HostCopier
+from .host_copy import HostCopier, HostCopy, storage_key
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -326,7 +328,6 @@ class CheckpointManager:
         manifest_args = dict(epoch=epoch, metrics=dict(metrics or {}), config_fingerprint=config_fingerprint,
                              world_size=accelerator.num_processes, extra=dict(extra or {}), config=config,
                              best=best)
-        state = None
         if error is None:
             try:
                 if background:
@@ -336,7 +337,6 @@ class CheckpointManager:
 
                     staging.mkdir(parents=True, exist_ok=True)
                     save_accelerator_state(str(staging), [], [], [], [], rank, accelerator.step, None)
-                    state = self._host_copy(accelerator) if accelerator.is_main_process else None
                 else:
                     accelerator.save_state(output_dir=str(staging))
                     for sub, other in (extra_states or {}).items():
@@ -350,9 +350,10 @@ class CheckpointManager:
         # In a background save this is also the point after which every rank's RNG file is written.
         self._raise_if_failed(accelerator, error, staging)
         if background:
-            self._pending_staging = staging
             if accelerator.is_main_process:
-                self._start_writer(state, staging, final, step, rank, manifest_args, protect)
+                host = self._host_copy(accelerator)
+                self._start_writer(host, staging, final, step, rank, manifest_args, protect)
+            self._pending_staging = staging
             return final
         if accelerator.is_main_process:
             try:
@@ -410,9 +411,10 @@ class CheckpointManager:
             self._told_synchronous = True
         return not why
 
-    def _host_copy(self, accelerator) -> list[tuple[str, Any]]:
+    def _host_copy(self, accelerator) -> HostCopy:
         """(file name, state) of every file `save_state` writes on the main process besides the RNG
-        file, in host memory: models, optimizers, schedulers, scaler, registered objects."""
+        file, in host memory: models, optimizers, schedulers, scaler, registered objects. Parameters
+        and optimizer states (changed only by an optimizer step) are copied by the writer thread."""
         from accelerate.utils import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER_NAME, SCHEDULER_NAME
 
         files: list[tuple[str, Any]] = []
@@ -427,9 +429,13 @@ class CheckpointManager:
             files.append((SCALER_NAME, accelerator.scaler.state_dict()))
         files += [(f"custom_checkpoint_{i}.pkl", obj.state_dict())
                   for i, obj in enumerate(accelerator._custom_objects)]
-        return self._copier.copy(files)
+        deferred = {storage_key(p) for model in accelerator._models for p in model.parameters()}
+        deferred |= {storage_key(t) for opt in accelerator._optimizers
+                     for per_param in getattr(opt, "optimizer", opt).state.values()
+                     for t in per_param.values() if isinstance(t, torch.Tensor)}
+        return self._copier.copy(files, deferred)
 
-    def _start_writer(self, state: list[tuple[str, Any]], staging: Path, final: Path, step: int, rank: int,
+    def _start_writer(self, host: HostCopy, staging: Path, final: Path, step: int, rank: int,
                       manifest_args: dict[str, Any], protect: tuple[int, ...]) -> None:
         from accelerate.utils import save as accelerate_save
 
@@ -437,7 +443,8 @@ class CheckpointManager:
 
         def write() -> None:
             try:
-                for name, obj in state:
+                host.complete()  # the parameters and optimizer states; optimizer steps wait until then
+                for name, obj in host.state:
                     # Accelerate's own writer: safetensors for models (shared tensors removed as it
                     # does), torch.save for the rest.
                     accelerate_save(obj, staging / name, safe_serialization=name.endswith(".safetensors"))
@@ -459,7 +466,12 @@ class CheckpointManager:
 
         # Not a daemon: the interpreter waits for it, so a process that ends never cuts a write short.
         self._writer = threading.Thread(target=write, name=f"checkpoint-writer-{final.name}", daemon=False)
-        self._writer.start()
+        try:
+            self._writer.start()
+        except BaseException:
+            host.complete()  # never leave optimizer steps waiting for a copy nobody makes
+            self._writer = None
+            raise
 
     @property
     def in_background(self) -> bool:

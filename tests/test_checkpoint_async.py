@@ -22,7 +22,7 @@ from gsv_accel.checkpoint import (
     CheckpointWriteError,
     verify_checkpoint,
 )
-from gsv_accel.host_copy import HostCopier
+from gsv_accel.host_copy import HostCopier, storage_key
 
 
 class Counter:
@@ -185,7 +185,7 @@ def test_host_copier_keeps_shared_storages_shared_and_reuses_its_buffers():
     base = torch.arange(12, dtype=torch.float32)
     state = {"a": base[:6].view(2, 3), "b": base[6:], "same": base, "n": 3, "list": [base[2:4]]}
     copier = HostCopier()
-    copied = copier.copy(state)
+    copied = copier.copy(state).state
     assert copied["a"].untyped_storage().data_ptr() == copied["b"].untyped_storage().data_ptr()
     assert copied["a"].untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
     assert copied["b"].storage_offset() == 6 and copied["a"].shape == (2, 3)
@@ -195,6 +195,26 @@ def test_host_copier_keeps_shared_storages_shared_and_reuses_its_buffers():
     buffer = copied["same"].untyped_storage().data_ptr()
     assert copier.held_bytes == 48
     copier.release()
-    again = copier.copy(state)
+    again = copier.copy(state).state
     assert again["same"].untyped_storage().data_ptr() == buffer and copier.held_bytes == 48
     assert torch.equal(again["same"], torch.zeros(12))
+
+
+def test_deferred_storages_are_copied_later_and_optimizer_steps_wait_for_them():
+    weight = torch.nn.Parameter(torch.ones(3))
+    running = torch.zeros(2)  # a buffer: a forward pass may change it, so it is copied at the call
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    host = HostCopier().copy({"weight": weight.detach(), "running": running}, {storage_key(weight)})
+    running.add_(5.0)
+    weight.grad = torch.ones(3)
+    stepper = threading.Thread(target=optimizer.step)
+    stepper.start()
+    stepper.join(timeout=0.5)
+    assert stepper.is_alive()  # blocked in the step pre-hook: the copy is not complete
+    assert torch.equal(weight.detach(), torch.ones(3))
+    host.complete()
+    stepper.join(timeout=60)
+    assert not stepper.is_alive() and torch.equal(weight.detach(), torch.zeros(3))
+    assert torch.equal(host.state["weight"], torch.ones(3))
+    assert torch.equal(host.state["running"], torch.zeros(2))
+    optimizer.step()  # nothing outstanding: steps run freely again

@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_validation.py
 	$(PYTHON) benchmarks/bench_s1.py
 	$(PYTHON) benchmarks/bench_cfm.py
+	$(PYTHON) benchmarks/bench_checkpoint.py
 
 # Needs a CUDA GPU: the default v2 model in fp32/bf16/fp16 and under DeepSpeed ZeRO-2 (README, "Scaling out").
 bench-gpu: $(STAMP)

@@ -20,10 +20,11 @@ process removed the staging folder: no complete-looking partial is left and the 
 are untouched. Failing to delete an old checkpoint afterwards is only a warning.
 
 With `background=True` (config `checkpoint.async_save`, the default) the training loop only waits for
-a copy of the state in host memory (`gsv_accel.host_copy`) and for every process's tiny RNG file;
-ONE writer thread of the main process then writes Accelerate's files (same names and bytes as
-`save_state`) into the staging folder, fsyncs them, hashes, writes the manifest, renames and prunes,
-exactly as above, while training goes on. The rules stay: a background write that fails or is killed
+every process's tiny RNG file and a host-memory copy of the buffers and small state
+(`gsv_accel.host_copy`); ONE writer thread of the main process copies the parameters and optimizer
+states (the next optimizer step waits until it has), then writes Accelerate's files (same names and
+bytes as `save_state`) into the staging folder, fsyncs them, hashes, writes the manifest, renames and
+prunes, exactly as above, while training goes on. The rules stay: a background write that fails or is killed
 leaves only a `.incomplete-*` folder (removed on failure, at start-up after a kill); the next save
 waits for the previous one (`wait`, a collective) and raises its error as `CheckpointWriteError` on
 every process; reading the checkpoint folder (resume, rollback, best) waits for it; the session waits

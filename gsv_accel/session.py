@@ -513,7 +513,7 @@ class TrainingSession:
             protect=protect, background=self.checkpoint_cfg.async_save)
         self._saved_step = progress.step if weights_of_step is None else None
         if self.checkpoints.in_background:  # "saved checkpoint" is logged by the writer once published
-            logger.info("checkpoint %s (%s) copied in %.3f s; written in the background", path.name, reason,
+            logger.info("checkpoint %s (%s) handed to the background writer after %.3f s", path.name, reason,
                         time.perf_counter() - started)
         else:
             logger.info("saved checkpoint %s (%s)", path.name, reason)

@@ -215,7 +215,8 @@ def _logged_steps(run: S2Run) -> list[int]:
 
 def _handed_over(run: S2Run, step: int) -> bool:
     path = run.run_dir / "train.log"
-    return path.is_file() and f"checkpoint step_{step:08d} (interval) copied in" in path.read_text()
+    text = f"checkpoint step_{step:08d} (interval) handed to the background writer"
+    return path.is_file() and text in path.read_text()
 
 
 def test_sigkill_while_a_background_write_is_held_loses_nothing(s2_run, reference, tmp_path):

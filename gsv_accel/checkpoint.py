@@ -308,9 +308,9 @@ class CheckpointManager:
         `extra_states` maps a subfolder name to another Accelerator (e.g. the discriminator's own
         DeepSpeed engine) whose `save_state` goes into that subfolder, before the manifest. `best`
         marks a checkpoint of a new best validation; `protect` names steps pruning must keep.
-        `background`: return once the state is copied to host memory; the main process's writer
-        thread writes and publishes it (module docstring). First waits for the previous background
-        save and raises its error, if any."""
+        `background`: return once every process wrote its RNG file and the main process handed a
+        host copy of the state to its writer thread, which writes and publishes it (module
+        docstring). First waits for the previous background save and raises its error, if any."""
         self.wait(accelerator)
         final = self.root / checkpoint_name(step)
         staging = self.root / f"{INCOMPLETE_PREFIX}{final.name}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -116,14 +117,19 @@ def test_training_goes_on_while_the_writer_holds_the_state_of_the_call(tmp_path,
     saved = {k: v.clone() for k, v in accelerator.unwrap_model(models[1]).state_dict().items()}
     folder = manager.save(accelerator, step=5, epoch=0, background=True)
     rng_after_save = torch.get_rng_state()
-    # The writer is held before its manifest: the loop trains on, the folder is not complete yet.
-    for _ in range(3):
-        _train_step(models, optimizers)
-    counter.value = 8
-    assert manager.in_background and not folder.exists()
-    staging = tmp_path / "run" / "checkpoints" / f"{INCOMPLETE_PREFIX}{folder.name}"
-    assert (staging / "optimizer.bin").is_file()
-    release.touch()
+    try:
+        # The writer is held after its files, before its manifest: the loop trains on meanwhile.
+        for _ in range(3):
+            _train_step(models, optimizers)
+        counter.value = 8
+        staging = tmp_path / "run" / "checkpoints" / f"{INCOMPLETE_PREFIX}{folder.name}"
+        deadline = time.monotonic() + 120
+        while not (staging / "custom_checkpoint_0.pkl").is_file() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (staging / "optimizer.bin").is_file() and not (staging / MANIFEST_NAME).exists()
+        assert manager.in_background and not folder.exists()
+    finally:
+        release.touch()  # never leave the writer held past the test
     manager.wait(accelerator)
     verify_checkpoint(folder)
     accelerator.load_state(str(folder))

@@ -222,11 +222,13 @@ def _handed_over(run: S2Run, step: int) -> bool:
 def test_sigkill_while_a_background_write_is_held_loses_nothing(s2_run, reference, tmp_path):
     run = s2_run("async_killed", *FAULT_SETTINGS, ASYNC)
     process = run.start(env={FAULT_ENV: "stall_in_save:6", FAULT_RELEASE_ENV: str(tmp_path / "never")})
-    # Killed once training went on two steps past the save it handed to the (held) writer.
-    assert _kill_when(run, process, lambda: _handed_over(run, 6) and max(_logged_steps(run), default=0) >= 8)
-    assert _dot_folders(run) == [f"{INCOMPLETE_PREFIX}step_00000006"]
     staged = run.run_dir / "checkpoints" / f"{INCOMPLETE_PREFIX}step_00000006"
-    assert (staged / "model.safetensors").is_file() and not (staged / MANIFEST_NAME).exists()
+    # Killed once training went on two steps past the save it handed to the writer, held with its
+    # files written.
+    assert _kill_when(run, process, lambda: _handed_over(run, 6) and max(_logged_steps(run), default=0) >= 8
+                      and (staged / "model_1.safetensors").is_file())
+    assert _dot_folders(run) == [f"{INCOMPLETE_PREFIX}step_00000006"]
+    assert not (staged / MANIFEST_NAME).exists()
     assert [p.name for p in run.checkpoints()] == ["step_00000003"]
     _assert_only_complete_checkpoints(run)
     _resume_and_check(run)

@@ -19,6 +19,19 @@ EVERY process (each process catches its own error, then one all-reduced flag dec
 process removed the staging folder: no complete-looking partial is left and the earlier checkpoints
 are untouched. Failing to delete an old checkpoint afterwards is only a warning.
 
+With `background=True` (config `checkpoint.async_save`, the default) the training loop only waits for
+every process's tiny RNG file and a host-memory copy of the buffers and small state
+(`gsv_accel.host_copy`); ONE writer thread of the main process copies the parameters and optimizer
+states (the next optimizer step waits until it has), then writes Accelerate's files (same names and
+bytes as `save_state`) into the staging folder, fsyncs them, hashes, writes the manifest, renames and
+prunes, exactly as above, while training goes on. The rules stay: a background write that fails or is killed
+leaves only a `.incomplete-*` folder (removed on failure, at start-up after a kill); the next save
+waits for the previous one (`wait`, a collective) and raises its error as `CheckpointWriteError` on
+every process; reading the checkpoint folder (resume, rollback, best) waits for it; the session waits
+at the end (final and SIGTERM saves); the writer is not a daemon, so the process never exits halfway
+through a write. DeepSpeed engines, FSDP, prepared data loaders, save hooks and `save_on_each_node`
+keep the synchronous `save_state` (their files are written by their own code).
+
 Accelerate's `automatic_checkpoint_naming` is deliberately not used: it deletes old folders before
 writing the new one and does not restore its counter on resume (accelerate issues 3306, 1601).
 
@@ -30,7 +43,13 @@ Fault injection (tests and `benchmarks/soak_s2.py` only; inert unless the variab
 * `kill_after_manifest`: SIGKILL after the manifest was written, before the folder is renamed;
 * `kill_in_prune`: SIGKILL while old checkpoint `step` is being deleted (renamed to `.deleting-*`,
   files not yet removed);
-* `enospc_in_save`: `OSError(ENOSPC)` after the staging files were written, as a full disk would.
+* `enospc_in_save`: `OSError(ENOSPC)` after the staging files were written, as a full disk would;
+* `stall_in_save`: the background writer (after it wrote the files, before the manifest) waits until
+  the file named by `GSV_ACCEL_FAULT_RELEASE` exists (at most `STALL_LIMIT_S`), so a test can kill or
+  signal the process while a background write is in flight.
+
+In a background save the main process's faults fire in the writer thread, other ranks' in their
+synchronous part.
 """
 
 from __future__ import annotations
@@ -44,13 +63,17 @@ import platform
 import re
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .atomic import fsync_dir, write_json_atomic
 from .distributed import any_process
+from .host_copy import HostCopier, HostCopy, storage_key
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -59,7 +82,9 @@ DELETING_PREFIX = ".deleting-"
 CORRUPT_PREFIX = "corrupt-"
 _NAME_RE = re.compile(r"^step_(\d{8})$")
 FAULT_ENV = "GSV_ACCEL_FAULT"
-FAULT_POINTS = ("kill_in_save", "kill_after_manifest", "kill_in_prune", "enospc_in_save")
+FAULT_POINTS = ("kill_in_save", "kill_after_manifest", "kill_in_prune", "enospc_in_save", "stall_in_save")
+FAULT_RELEASE_ENV = "GSV_ACCEL_FAULT_RELEASE"
+STALL_LIMIT_S = 300.0
 # Below this many free bytes after a failed write, the failure is reported as a full disk (torch.save
 # reports ENOSPC as a RuntimeError that does not say so).
 DISK_FULL_FREE_BYTES = 1 << 20
@@ -75,10 +100,11 @@ class CheckpointWriteError(Exception):
     """A checkpoint could not be written (disk full, I/O error); raised on every process. The staging
     folder was removed and the earlier checkpoints are intact."""
 
-    def __init__(self, message: str, folder: Path, disk_full: bool) -> None:
+    def __init__(self, message: str, folder: Path, disk_full: bool, step: int | None = None) -> None:
         super().__init__(message)
         self.folder = folder
         self.disk_full = disk_full
+        self.step = step  # the checkpoint that failed (a background one fails while training goes on)
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:
@@ -108,6 +134,15 @@ def fault_point(point: str, step: int, rank: int = 0) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if point == "enospc_in_save":
             raise OSError(errno.ENOSPC, f"No space left on device (injected by {FAULT_ENV})")
+        if point == "stall_in_save":
+            _stall_until_released()
+
+
+def _stall_until_released() -> None:
+    release = os.environ.get(FAULT_RELEASE_ENV)
+    deadline = time.monotonic() + STALL_LIMIT_S
+    while time.monotonic() < deadline and not (release and Path(release).exists()):
+        time.sleep(0.02)
 
 
 def _looks_like_disk_full(err: BaseException, folder: Path) -> bool:
@@ -120,6 +155,17 @@ def _looks_like_disk_full(err: BaseException, folder: Path) -> bool:
         return shutil.disk_usage(folder).free < DISK_FULL_FREE_BYTES
     except OSError:
         return False
+
+
+def fsync_files(folder: Path) -> None:
+    """fsync every file under `folder` (before its manifest is written)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def checkpoint_name(step: int) -> str:
@@ -238,6 +284,12 @@ class CheckpointManager:
     keep_last: int = 3
     keep_best: int = 1
     root: Path = field(init=False)
+    # The background save in flight: its writer thread (main process) and staging folder (every process).
+    _writer: threading.Thread | None = field(init=False, default=None, repr=False)
+    _writer_error: BaseException | None = field(init=False, default=None, repr=False)
+    _pending_staging: Path | None = field(init=False, default=None, repr=False)
+    _copier: HostCopier = field(init=False, default_factory=HostCopier, repr=False)
+    _told_synchronous: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -249,16 +301,21 @@ class CheckpointManager:
     def save(self, accelerator, *, step: int, epoch: int, metrics: dict[str, float] | None = None,
              config_fingerprint: str = "", config: dict[str, Any] | None = None,
              extra: dict[str, Any] | None = None, extra_states: dict[str, Any] | None = None,
-             best: bool = False, protect: tuple[int, ...] = ()) -> Path:
+             best: bool = False, protect: tuple[int, ...] = (), background: bool = False) -> Path:
         """Write a complete checkpoint of everything registered with `accelerator`. Call on ALL
-        processes. Returns the final folder.
+        processes. Returns the final folder (with `background`, published later: see `wait`).
 
         `extra_states` maps a subfolder name to another Accelerator (e.g. the discriminator's own
         DeepSpeed engine) whose `save_state` goes into that subfolder, before the manifest. `best`
-        marks a checkpoint of a new best validation; `protect` names steps pruning must keep."""
+        marks a checkpoint of a new best validation; `protect` names steps pruning must keep.
+        `background`: return once every process wrote its RNG file and the main process handed a
+        host copy of the state to its writer thread, which writes and publishes it (module
+        docstring). First waits for the previous background save and raises its error, if any."""
+        self.wait(accelerator)
         final = self.root / checkpoint_name(step)
         staging = self.root / f"{INCOMPLETE_PREFIX}{final.name}"
         rank = accelerator.process_index
+        background = background and self._can_write_in_background(accelerator, extra_states)
         error: BaseException | None = None
         replaced: Path | None = None
         if accelerator.is_main_process:
@@ -269,45 +326,178 @@ class CheckpointManager:
             except OSError as err:
                 error = err
         accelerator.wait_for_everyone()
+        manifest_args = dict(epoch=epoch, metrics=dict(metrics or {}), config_fingerprint=config_fingerprint,
+                             world_size=accelerator.num_processes, extra=dict(extra or {}), config=config,
+                             best=best)
         if error is None:
             try:
-                accelerator.save_state(output_dir=str(staging))
-                for sub, other in (extra_states or {}).items():
-                    other.save_state(output_dir=str(staging / sub))
-                fault_point("enospc_in_save", step, rank)
-                fault_point("kill_in_save", step, rank)
+                if background:
+                    # On the loop: this process's RNG file (the RNG must be read now) and, on the main
+                    # process, the host copy of everything else.
+                    from accelerate.checkpointing import save_accelerator_state
+
+                    staging.mkdir(parents=True, exist_ok=True)
+                    save_accelerator_state(str(staging), [], [], [], [], rank, accelerator.step, None)
+                else:
+                    accelerator.save_state(output_dir=str(staging))
+                    for sub, other in (extra_states or {}).items():
+                        other.save_state(output_dir=str(staging / sub))
+                if not (background and accelerator.is_main_process):  # the main writer's fire in its thread
+                    fault_point("enospc_in_save", step, rank)
+                    fault_point("kill_in_save", step, rank)
             except _write_errors() as err:
                 error = err
         # Every process learns whether any failed before anyone goes on (no process waits forever).
+        # In a background save this is also the point after which every rank's RNG file is written.
         self._raise_if_failed(accelerator, error, staging)
+        if background:
+            if accelerator.is_main_process:
+                host = self._host_copy(accelerator)
+                self._start_writer(host, staging, final, step, rank, manifest_args, protect)
+            self._pending_staging = staging
+            return final
         if accelerator.is_main_process:
             try:
-                manifest = build_manifest(staging, step=step, epoch=epoch, metrics=dict(metrics or {}),
-                                          config_fingerprint=config_fingerprint,
-                                          world_size=accelerator.num_processes, extra=dict(extra or {}),
-                                          config=config, best=best)
-                write_json_atomic(staging / MANIFEST_NAME, manifest, sort_keys=True)
-                fault_point("kill_after_manifest", step, rank)
-                # Same step saved twice (e.g. a best save followed by the final save): the old copy
-                # is renamed away only now, and removed once the new one is in place.
-                replaced = self._set_aside(final) if final.exists() else None
-                os.replace(staging, final)
-                fsync_dir(self.root)
+                replaced = self._publish(staging, final, step, rank, manifest_args)
             except OSError as err:
                 error = err
-                if replaced is not None and not final.exists():
-                    os.replace(replaced, final)  # put the old complete copy back
-                    replaced = None
         self._raise_if_failed(accelerator, error, staging)
         if accelerator.is_main_process:
-            if replaced is not None:
-                try:
-                    self._remove(replaced)
-                except OSError as err:
-                    logger.warning("could not delete the replaced copy %s: %s", replaced, err)
-            self.prune(protect=protect)
+            self._after_publish(replaced, protect)
         accelerator.wait_for_everyone()
         return final
+
+    def _publish(self, staging: Path, final: Path, step: int, rank: int, manifest_args: dict[str, Any]
+                 ) -> Path | None:
+        """Hash the staging folder, write the manifest LAST, rename the folder to its final name.
+        Returns the replaced complete copy of the same step, to delete (or None)."""
+        manifest = build_manifest(staging, step=step, **manifest_args)
+        write_json_atomic(staging / MANIFEST_NAME, manifest, sort_keys=True)
+        fault_point("kill_after_manifest", step, rank)
+        # Same step saved twice (e.g. a best save followed by the final save): the old copy is renamed
+        # away only now, and removed once the new one is in place.
+        replaced = self._set_aside(final) if final.exists() else None
+        try:
+            os.replace(staging, final)
+        except OSError:
+            if replaced is not None and not final.exists():
+                os.replace(replaced, final)  # put the old complete copy back
+            raise
+        fsync_dir(self.root)
+        return replaced
+
+    def _after_publish(self, replaced: Path | None, protect: tuple[int, ...]) -> None:
+        if replaced is not None:
+            try:
+                self._remove(replaced)
+            except OSError as err:
+                logger.warning("could not delete the replaced copy %s: %s", replaced, err)
+        self.prune(protect=protect)
+
+    # ---- background saves ----------------------------------------------------------------------
+    def _can_write_in_background(self, accelerator, extra_states: dict[str, Any] | None) -> bool:
+        """Whether Accelerate's files can be written from a host copy: not where other code writes
+        them (DeepSpeed, FSDP, Megatron, XLA), nor with data loaders, save hooks or per-node saves."""
+        from accelerate.utils import DistributedType
+
+        kind = accelerator.distributed_type
+        why = ("extra engines" if extra_states else
+               f"{kind.value}" if kind in (DistributedType.DEEPSPEED, DistributedType.FSDP,
+                                           DistributedType.MEGATRON_LM, DistributedType.XLA) else
+               "prepared data loaders" if accelerator._dataloaders else
+               "save_state hooks" if accelerator._save_model_state_pre_hook else
+               "save_on_each_node" if accelerator.project_configuration.save_on_each_node else "")
+        if why and not self._told_synchronous:
+            logger.info("checkpoints are written synchronously (%s: Accelerate's own save_state)", why)
+            self._told_synchronous = True
+        return not why
+
+    def _host_copy(self, accelerator) -> HostCopy:
+        """(file name, state) of every file `save_state` writes on the main process besides the RNG
+        file, in host memory: models, optimizers, schedulers, scaler, registered objects. Parameters
+        and optimizer states (changed only by an optimizer step) are copied by the writer thread."""
+        from accelerate.utils import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER_NAME, SCHEDULER_NAME
+
+        files: list[tuple[str, Any]] = []
+        for i, model in enumerate(accelerator._models):
+            name = SAFE_WEIGHTS_NAME if i == 0 else SAFE_WEIGHTS_NAME.replace(".", f"_{i}.")
+            files.append((name, accelerator.get_state_dict(model, unwrap=False)))
+        for prefix, objects in ((OPTIMIZER_NAME, accelerator._optimizers),
+                                (SCHEDULER_NAME, accelerator._schedulers)):
+            files += [(f"{prefix}.bin" if i == 0 else f"{prefix}_{i}.bin", obj.state_dict())
+                      for i, obj in enumerate(objects)]
+        if accelerator.scaler is not None:
+            files.append((SCALER_NAME, accelerator.scaler.state_dict()))
+        files += [(f"custom_checkpoint_{i}.pkl", obj.state_dict())
+                  for i, obj in enumerate(accelerator._custom_objects)]
+        deferred = {storage_key(p) for model in accelerator._models for p in model.parameters()}
+        deferred |= {storage_key(t) for opt in accelerator._optimizers
+                     for per_param in getattr(opt, "optimizer", opt).state.values()
+                     for t in per_param.values() if isinstance(t, torch.Tensor)}
+        return self._copier.copy(files, deferred)
+
+    def _start_writer(self, host: HostCopy, staging: Path, final: Path, step: int, rank: int,
+                      manifest_args: dict[str, Any], protect: tuple[int, ...]) -> None:
+        from accelerate.utils import save as accelerate_save
+
+        started = time.perf_counter()
+
+        def write() -> None:
+            try:
+                host.complete()  # the parameters and optimizer states; optimizer steps wait until then
+                for name, obj in host.state:
+                    # Accelerate's own writer: safetensors for models (shared tensors removed as it
+                    # does), torch.save for the rest.
+                    accelerate_save(obj, staging / name, safe_serialization=name.endswith(".safetensors"))
+                fault_point("enospc_in_save", step, rank)
+                fault_point("stall_in_save", step, rank)
+                fault_point("kill_in_save", step, rank)
+                fsync_files(staging)  # the manifest may only vouch for data that is on disk
+                replaced = self._publish(staging, final, step, rank, manifest_args)
+            except Exception as err:  # noqa: BLE001 - any failure is reported on the loop at the next wait
+                logger.error("background checkpoint %s failed: %s: %s (reported at the next save)",
+                             final.name, type(err).__name__, err)
+                shutil.rmtree(staging, ignore_errors=True)
+                self._writer_error = err
+                return
+            reason = manifest_args["extra"].get("reason", "")
+            logger.info("saved checkpoint %s (%s; written in the background in %.2f s)", final.name, reason,
+                        time.perf_counter() - started)
+            self._after_publish(replaced, protect)
+
+        # Not a daemon: the interpreter waits for it, so a process that ends never cuts a write short.
+        self._writer = threading.Thread(target=write, name=f"checkpoint-writer-{final.name}", daemon=False)
+        try:
+            self._writer.start()
+        except BaseException:
+            host.complete()  # never leave optimizer steps waiting for a copy nobody makes
+            self._writer = None
+            raise
+
+    @property
+    def in_background(self) -> bool:
+        """A background save was handed over and not yet waited for (every process knows)."""
+        return self._pending_staging is not None
+
+    def wait(self, accelerator) -> None:
+        """Wait until the background save (if any) is published; if it failed, raise
+        CheckpointWriteError on every process. Call on ALL processes (a collective when one was
+        pending)."""
+        staging, self._pending_staging = self._pending_staging, None
+        error: BaseException | None = None
+        if self._writer is not None:
+            self._writer.join()
+            error, self._writer, self._writer_error = self._writer_error, None, None
+            self._copier.release()
+        if staging is not None:
+            self._raise_if_failed(accelerator, error, staging)
+
+    def _join_writer(self) -> None:
+        """Readers of the folder (outside the writer) see the background save finished first; its
+        error stays for the next `wait`."""
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
 
     def _raise_if_failed(self, accelerator, error: BaseException | None, staging: Path) -> None:
         """Raise CheckpointWriteError on every process if the save failed on any; the main process
@@ -325,11 +515,13 @@ class CheckpointManager:
                    + f"{cause}. The partial folder {staging.name} was removed; earlier checkpoints are "
                    + (f"intact (newest {intact[0]})" if intact else "untouched (there are none)")
                    + ". Free space or fix the folder, then continue with --resume auto.")
-        raise CheckpointWriteError(message, staging.parent, disk_full) from error
+        step = int(staging.name[len(INCOMPLETE_PREFIX) + len("step_"):])
+        raise CheckpointWriteError(message, staging.parent, disk_full, step) from error
 
     # ---- finding ------------------------------------------------------------------------------
     def candidates(self) -> list[Path]:
         """Folders with a final checkpoint name, newest step first (completeness not yet checked)."""
+        self._join_writer()
         if not self.root.is_dir():
             return []
         found = [p for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name)]

@@ -203,6 +203,10 @@ class CheckpointConfig:
     save_on_best: bool = True
     # Also write a GPT-SoVITS inference export at every save (always done at the end).
     export_every_save: bool = False
+    # Write checkpoints in a background thread from a host-memory copy of the state: training waits
+    # only for the copy. Keeps one copy of the state in host memory between saves. Final and
+    # SIGTERM/SIGINT saves are waited for; DeepSpeed checkpoints are always written synchronously.
+    async_save: bool = True
 
     def __post_init__(self) -> None:
         _positive_or_none("checkpoint.every_n_steps", self.every_n_steps)

@@ -533,13 +533,18 @@ class TrainingSession:
         if weights_of_step is not None:
             extra["weights_of_step"] = weights_of_step
         protect = (self.plateau.best_step,) if self.plateau.best_step is not None else ()
+        started = time.perf_counter()
         path = self.checkpoints.save(
             acc, step=progress.step, epoch=progress.epoch, metrics=self.last_metrics if same_weights else {},
             config_fingerprint=fingerprint(to_dict(self.config).get("model", {})),
             config=to_dict(self.config), extra=extra, extra_states=self.extra_states, best=best,
-            protect=protect)
+            protect=protect, background=self.checkpoint_cfg.async_save)
         self._saved_step = progress.step if weights_of_step is None else None
-        logger.info("saved checkpoint %s (%s)", path.name, reason)
+        if self.checkpoints.in_background:  # "saved checkpoint" is logged by the writer once published
+            logger.info("checkpoint %s (%s) handed to the background writer after %.3f s", path.name, reason,
+                        time.perf_counter() - started)
+        else:
+            logger.info("saved checkpoint %s (%s)", path.name, reason)
         if self.checkpoint_cfg.export_every_save:
             self.export(None, progress.epoch, progress.step, "")
         return path
@@ -601,6 +606,7 @@ class TrainingSession:
         """Return to the last complete checkpoint after repeated non-finite steps, with the LR scale
         times `rollback_lr_factor`. Returns CONTINUE, or NONFINITE when no checkpoint or LR
         reduction is left (the run then stops)."""
+        self.checkpoints.wait(self.accelerator)  # a background save in flight may be the newest one
         target = self.checkpoints.latest_valid()
         if target is None:
             logger.error("no complete checkpoint to roll back to: stopping")
@@ -628,6 +634,7 @@ class TrainingSession:
         """The checkpoint of the plateau controller's best step (its decision, min_delta and mode
         included), or None when there is none (no validation yet, or `save_on_best` off and that step
         not saved)."""
+        self.checkpoints.wait(self.accelerator)  # it may be the background save in flight (all processes)
         step = self.plateau.best_step
         return None if step is None else self.checkpoints.find(step)
 
@@ -675,6 +682,9 @@ class TrainingSession:
             progress.finished = outcome.value  # for the record: a re-launch tells it from the limits
         if self._saved_step != progress.step:
             self.save(f"final ({outcome.value})", weights_of_step=weights_of_step)
+        # The final (and SIGTERM/SIGINT) checkpoint is complete before the run reports its end; a
+        # background save that failed is raised here (exit code EXIT_CODE_CHECKPOINT_WRITE).
+        self.checkpoints.wait(acc)
         self.export(None, progress.epoch, progress.step, "")
         best = self.best_checkpoint()
         if best is not None:
@@ -697,8 +707,9 @@ class TrainingSession:
         """End a run whose checkpoint could not be written (all processes): log, end the trackers,
         return EXIT_CODE_CHECKPOINT_WRITE. Later saves would fail too, so training does not go on."""
         logger.error("%s", err, extra={"console": False})
+        step = err.step if err.step is not None else self.progress.step  # a background save fails later
         logger.error("training stopped: checkpoint could not be written at step %d; nothing after the "
-                     "newest complete checkpoint was kept", self.progress.step, extra={"console": False})
+                     "newest complete checkpoint was kept", step, extra={"console": False})
         self.stop.restore()
         try:
             self.accelerator.end_training()

@@ -228,3 +228,20 @@ def test_what_changed_since_the_checkpoint_is_named_in_train_log(tmp_path):
     assert "resume: CPU threads 1 -> 2" in log
     assert "resume: train.max_steps changed from 2 to 3" in log
     assert "resume: run.cpu_threads changed from 1 to 2" in log
+
+
+def test_background_checkpoints_hold_what_synchronous_ones_hold(tmp_path):
+    runs = {}
+    for mode in ("true", "false"):
+        recipe = train(config(tmp_path / mode, f"checkpoint.async_save={mode}", "checkpoint.every_n_steps=3",
+                              "checkpoint.keep_last=10"), script={8: 0.5})
+        assert recipe.exit_code == 0 and not recipe.session.checkpoints.in_background
+        saved = CheckpointManager(tmp_path / mode / "run").complete()
+        runs[mode] = {c.step: c.manifest["files"] for c in saved}
+    assert sorted(runs["true"]) == sorted(runs["false"]) == [3, 4, 6, 8, 9, 12, 15, 16]
+    for step, files in runs["true"].items():
+        # Identical bytes except the registered objects' file, which holds each run's own W&B run id.
+        same = {name: entry for name, entry in files.items() if not name.startswith("custom_checkpoint")}
+        assert same == {name: entry for name, entry in runs["false"][step].items()
+                        if not name.startswith("custom_checkpoint")}, step
+        assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(same)

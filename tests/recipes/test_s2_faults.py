@@ -13,6 +13,7 @@ use a seed printed in the assertion messages.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -32,6 +33,7 @@ from safetensors.torch import load_file
 from gsv_accel.checkpoint import (
     DELETING_PREFIX,
     FAULT_ENV,
+    FAULT_RELEASE_ENV,
     INCOMPLETE_PREFIX,
     MANIFEST_NAME,
     CheckpointManager,
@@ -191,6 +193,83 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(s2_run, referen
     stopped_at = int(re.search(r"training stopped: signal at step (\d+)", run.log).group(1))
     last = verify_checkpoint(run.checkpoints()[-1])
     assert last.step == stopped_at and "final (signal)" in last.manifest["extra"]["reason"]
+    _resume_and_check(run)
+    assert _resumed_steps(run.log) == [stopped_at]
+    assert_same_weights(run.final_weights(), reference.final_weights())
+
+
+# ------------------------------------------------------------------------- background checkpoint writes
+# checkpoint.async_save (the default, named here in case that changes): the loop hands a host copy of
+# the state to a writer thread and trains on. `stall_in_save` holds that writer after it wrote the
+# files, before the manifest, until the release file exists.
+
+ASYNC = "checkpoint.async_save=true"
+
+
+def _logged_steps(run: S2Run) -> list[int]:
+    path = run.run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _handed_over(run: S2Run, step: int) -> bool:
+    path = run.run_dir / "train.log"
+    text = f"checkpoint step_{step:08d} (interval) handed to the background writer"
+    return path.is_file() and text in path.read_text()
+
+
+def test_sigkill_while_a_background_write_is_held_loses_nothing(s2_run, reference, tmp_path):
+    run = s2_run("async_killed", *FAULT_SETTINGS, ASYNC)
+    process = run.start(env={FAULT_ENV: "stall_in_save:6", FAULT_RELEASE_ENV: str(tmp_path / "never")})
+    staged = run.run_dir / "checkpoints" / f"{INCOMPLETE_PREFIX}step_00000006"
+    # Killed once training went on two steps past the save it handed to the writer, held with its
+    # files written.
+    assert _kill_when(run, process, lambda: _handed_over(run, 6) and max(_logged_steps(run), default=0) >= 8
+                      and (staged / "model_1.safetensors").is_file())
+    assert _dot_folders(run) == [f"{INCOMPLETE_PREFIX}step_00000006"]
+    assert not (staged / MANIFEST_NAME).exists()
+    assert [p.name for p in run.checkpoints()] == ["step_00000003"]
+    _assert_only_complete_checkpoints(run)
+    _resume_and_check(run)
+    assert _resumed_steps(run.log) == [3]
+    assert _dot_folders(run) == []
+    assert_same_weights(run.final_weights(), reference.final_weights())
+
+
+def test_enospc_in_the_background_writer_is_reported_and_a_synchronous_resume_matches(s2_run, reference):
+    run = s2_run("async_enospc", *FAULT_SETTINGS, ASYNC)
+    result = run.run(expect=EXIT_CODE_CHECKPOINT_WRITE, env={FAULT_ENV: "enospc_in_save:9"})
+    # The writer failed while the loop trained on; the next save (the best one of step 11) raised it.
+    assert "background checkpoint step_00000009 failed: OSError" in run.log
+    assert max(_logged_steps(run), default=0) == 11
+    _disk_full_checks(run, result.stderr, ["step_00000003", "step_00000006"])
+    # Background and synchronous checkpoints are the same files: either mode resumes the other's.
+    _resume_and_check(run, "checkpoint.async_save=false")
+    assert _resumed_steps(run.log) == [6]
+    assert_same_weights(run.final_weights(), reference.final_weights())
+
+
+def test_sigterm_while_a_background_write_runs_waits_for_it_saves_and_resumes_exactly(
+        s2_run, reference, tmp_path):
+    run = s2_run("async_sigterm", *FAULT_SETTINGS, ASYNC)
+    release = tmp_path / "release"
+    process = run.start(env={FAULT_ENV: "stall_in_save:6", FAULT_RELEASE_ENV: str(release)})
+    deadline = time.monotonic() + 300
+    while not (_handed_over(run, 6) and max(_logged_steps(run), default=0) >= 7):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended or hung first"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    run.wait_for_log("received SIGTERM", process)
+    time.sleep(1.0)
+    # The stop waits for the held write: nothing has ended, step 6 is not published yet.
+    assert process.poll() is None and [p.name for p in run.checkpoints()] == ["step_00000003"]
+    release.touch()
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    stopped_at = int(re.search(r"training stopped: signal at step (\d+)", run.log).group(1))
+    assert stopped_at > 6 and _dot_folders(run) == []
+    assert [p.name for p in run.checkpoints()] == ["step_00000006", f"step_{stopped_at:08d}"]
+    _assert_only_complete_checkpoints(run)
     _resume_and_check(run)
     assert _resumed_steps(run.log) == [stopped_at]
     assert_same_weights(run.final_weights(), reference.final_weights())

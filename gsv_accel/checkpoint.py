@@ -168,6 +168,15 @@ def fsync_files(folder: Path) -> None:
                 os.close(fd)
 
 
+def nonfinite_model_tensors(files: list[tuple[str, Any]]) -> list[str]:
+    """`file:key` of the floating-point model tensors (the `.safetensors` entries of a host copy's
+    `(file name, state dict)` list) that hold NaN/inf."""
+    return [f"{name}:{key}" for name, state in files if name.endswith(".safetensors")
+            for key, tensor in state.items()
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+            and not torch.isfinite(tensor).all()]
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -301,7 +310,8 @@ class CheckpointManager:
     def save(self, accelerator, *, step: int, epoch: int, metrics: dict[str, float] | None = None,
              config_fingerprint: str = "", config: dict[str, Any] | None = None,
              extra: dict[str, Any] | None = None, extra_states: dict[str, Any] | None = None,
-             best: bool = False, protect: tuple[int, ...] = (), background: bool = False) -> Path:
+             best: bool = False, protect: tuple[int, ...] = (), background: bool = False,
+             refuse_nonfinite: bool = False) -> Path:
         """Write a complete checkpoint of everything registered with `accelerator`. Call on ALL
         processes. Returns the final folder (with `background`, published later: see `wait`).
 
@@ -310,12 +320,15 @@ class CheckpointManager:
         marks a checkpoint of a new best validation; `protect` names steps pruning must keep.
         `background`: return once every process wrote its RNG file and the main process handed a
         host copy of the state to its writer thread, which writes and publishes it (module
-        docstring). First waits for the previous background save and raises its error, if any."""
+        docstring). First waits for the previous background save and raises its error, if any.
+        `refuse_nonfinite`: a background writer that finds NaN/inf in the host copy of the models
+        logs it and publishes nothing (the caller checks the weights itself before a synchronous save;
+        on the loop that check would cost as much as the copy)."""
         self.wait(accelerator)
         final = self.root / checkpoint_name(step)
         staging = self.root / f"{INCOMPLETE_PREFIX}{final.name}"
         rank = accelerator.process_index
-        background = background and self._can_write_in_background(accelerator, extra_states)
+        background = background and self.writes_in_background(accelerator, extra_states)
         error: BaseException | None = None
         replaced: Path | None = None
         if accelerator.is_main_process:
@@ -353,7 +366,7 @@ class CheckpointManager:
         if background:
             if accelerator.is_main_process:
                 host = self._host_copy(accelerator)
-                self._start_writer(host, staging, final, step, rank, manifest_args, protect)
+                self._start_writer(host, staging, final, step, rank, manifest_args, protect, refuse_nonfinite)
             self._pending_staging = staging
             return final
         if accelerator.is_main_process:
@@ -395,7 +408,7 @@ class CheckpointManager:
         self.prune(protect=protect)
 
     # ---- background saves ----------------------------------------------------------------------
-    def _can_write_in_background(self, accelerator, extra_states: dict[str, Any] | None) -> bool:
+    def writes_in_background(self, accelerator, extra_states: dict[str, Any] | None) -> bool:
         """Whether Accelerate's files can be written from a host copy: not where other code writes
         them (DeepSpeed, FSDP, Megatron, XLA), nor with data loaders, save hooks or per-node saves."""
         from accelerate.utils import DistributedType
@@ -437,14 +450,25 @@ class CheckpointManager:
         return self._copier.copy(files, deferred)
 
     def _start_writer(self, host: HostCopy, staging: Path, final: Path, step: int, rank: int,
-                      manifest_args: dict[str, Any], protect: tuple[int, ...]) -> None:
+                      manifest_args: dict[str, Any], protect: tuple[int, ...],
+                      refuse_nonfinite: bool) -> None:
         from accelerate.utils import save as accelerate_save
 
         started = time.perf_counter()
+        reason = manifest_args["extra"].get("reason", "")
 
         def write() -> None:
             try:
                 host.complete()  # the parameters and optimizer states; optimizer steps wait until then
+                broken = nonfinite_model_tensors(host.state) if refuse_nonfinite else []
+                if broken:
+                    # Such a checkpoint would become the resume and rollback point. DDP replicas hold
+                    # the same weights, so the main process's copy speaks for every process.
+                    logger.error("not saving a checkpoint at step %d (%s): non-finite values in %s; the "
+                                 "newest complete checkpoint stays the one to resume or roll back to", step,
+                                 reason, ", ".join(broken[:5]))
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return
                 for name, obj in host.state:
                     # Accelerate's own writer: safetensors for models (shared tensors removed as it
                     # does), torch.save for the rest.
@@ -460,7 +484,6 @@ class CheckpointManager:
                 shutil.rmtree(staging, ignore_errors=True)
                 self._writer_error = err
                 return
-            reason = manifest_args["extra"].get("reason", "")
             logger.info("saved checkpoint %s (%s; written in the background in %.2f s)", final.name, reason,
                         time.perf_counter() - started)
             self._after_publish(replaced, protect)

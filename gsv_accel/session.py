@@ -518,7 +518,10 @@ class TrainingSession:
         step's (restored best weights). Raises CheckpointWriteError (on every process) when the
         checkpoint cannot be written."""
         acc, progress = self.accelerator, self.progress
-        broken = self.nonfinite_weights()
+        background = self.checkpoint_cfg.async_save and self.checkpoints.writes_in_background(
+            acc, self.extra_states)
+        # A background writer checks its host copy instead (refuse_nonfinite): off the loop.
+        broken = [] if background else self.nonfinite_weights()
         if broken:
             logger.error("not saving a checkpoint at step %d (%s): non-finite values in %s; the newest "
                          "complete checkpoint stays the one to resume or roll back to", progress.step,
@@ -538,7 +541,7 @@ class TrainingSession:
             acc, step=progress.step, epoch=progress.epoch, metrics=self.last_metrics if same_weights else {},
             config_fingerprint=fingerprint(to_dict(self.config).get("model", {})),
             config=to_dict(self.config), extra=extra, extra_states=self.extra_states, best=best,
-            protect=protect, background=self.checkpoint_cfg.async_save)
+            protect=protect, background=background, refuse_nonfinite=True)
         self._saved_step = progress.step if weights_of_step is None else None
         if self.checkpoints.in_background:  # "saved checkpoint" is logged by the writer once published
             logger.info("checkpoint %s (%s) handed to the background writer after %.3f s", path.name, reason,

@@ -187,6 +187,23 @@ def test_a_failed_background_write_is_raised_at_the_next_save_and_keeps_the_earl
     assert [info.step for info in manager.complete()] == [3, 1]
 
 
+def test_a_background_save_of_nonfinite_weights_is_refused_by_the_writer(tmp_path, parts, caplog):
+    accelerator, models, optimizers, _ = parts
+    manager = CheckpointManager(tmp_path / "run")
+    manager.save(accelerator, step=1, epoch=0, background=True, refuse_nonfinite=True)
+    _train_step(models, optimizers)
+    with torch.no_grad():
+        models[1][1].bias[0] = float("nan")  # the second model's parameter
+    manager.save(accelerator, step=2, epoch=0, extra={"reason": "interval"}, background=True,
+                 refuse_nonfinite=True)
+    manager.wait(accelerator)  # no error: nothing to report but the log line
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000001"]
+    assert manager.latest_valid().step == 1
+    assert ("not saving a checkpoint at step 2 (interval): non-finite values in model_1.safetensors:1.bias"
+            in caplog.text)
+
+
 def test_host_copier_keeps_shared_storages_shared_and_reuses_its_buffers():
     base = torch.arange(12, dtype=torch.float32)
     state = {"a": base[:6].view(2, 3), "b": base[6:], "same": base, "n": 3, "list": [base[2:4]]}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsv_accel.models.sovits.commons import same_padding
-from gsv_accel.models.sovits.modules import LRELU_SLOPE, apply_norm
+from gsv_accel.models.sovits.modules import LRELU_SLOPE, apply_norm, normalized_weights_reused
 
 # Official periods per model version; v2Pro/v2ProPlus add two longer periods.
 PERIODS_PER_VERSION = {
@@ -142,8 +142,9 @@ class MultiPeriodDiscriminator(nn.Module):
                 score_real, score_gen = score.chunk(2)
                 fmap_real, fmap_gen = zip(*(f.chunk(2) for f in fmap), strict=True)
             else:
-                score_real, fmap_real = discriminator(y)
-                score_gen, fmap_gen = discriminator(y_hat)
+                with normalized_weights_reused(discriminator):
+                    score_real, fmap_real = discriminator(y)
+                    score_gen, fmap_gen = discriminator(y_hat)
             y_d_rs.append(score_real)
             y_d_gs.append(score_gen)
             fmap_rs.append(list(fmap_real))

@@ -100,3 +100,50 @@ def test_single_discriminators_with_default_widths_are_official():
 def test_scale_discriminator_rejects_bad_widths():
     with pytest.raises(ValueError):
         DiscriminatorS(channels=(4, 8, 16))
+
+
+def _per_item_reference(disc, y, y_hat):
+    """Each sub-discriminator called on y and y_hat separately (the official way)."""
+    scores_r, scores_g, maps_r, maps_g = [], [], [], []
+    for sub in disc.discriminators:
+        (sr, fr), (sg, fg) = sub(y), sub(y_hat)
+        scores_r.append(sr), scores_g.append(sg), maps_r.append(fr), maps_g.append(fg)
+    return scores_r, scores_g, maps_r, maps_g
+
+
+def test_discriminator_step_batches_real_and_generated_with_the_same_results_and_gradients():
+    # D's own step (trainable D, detached y_hat) runs both halves as one batch: same scores, feature
+    # maps and parameter gradients as two separate calls.
+    disc = _tiny()
+    y, y_hat = torch.randn(2, 1, 301), torch.randn(2, 1, 301)
+
+    def loss_and_grads(outputs):
+        real, gen, _, _ = outputs
+        loss = sum(((1 - r) ** 2).mean() + (g ** 2).mean() for r, g in zip(real, gen, strict=True))
+        grads = torch.autograd.grad(loss, list(disc.parameters()))
+        return loss, grads
+
+    joint, separate = disc(y, y_hat), _per_item_reference(disc, y, y_hat)
+    for got, want in zip(joint, separate, strict=True):
+        flat_got = [t for x in got for t in (x if isinstance(x, list) else [x])]
+        flat_want = [t for x in want for t in (x if isinstance(x, list) else [x])]
+        for a, b in zip(flat_got, flat_want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    loss_j, grads_j = loss_and_grads(disc(y, y_hat))
+    loss_s, grads_s = loss_and_grads(_per_item_reference(disc, y, y_hat))
+    torch.testing.assert_close(loss_j, loss_s, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_j, grads_s, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_discriminator_builds_no_graph_for_the_real_half():
+    # G's step: D frozen, so the real feature maps are constants and only y_hat's half is differentiated.
+    disc = _tiny()
+    disc.requires_grad_(False)
+    y, y_hat = torch.randn(1, 1, 256), torch.randn(1, 1, 256, requires_grad=True)
+    real, gen, maps_r, maps_g = disc(y, y_hat)
+    assert all(m.grad_fn is None for maps in maps_r for m in maps)
+    assert all(s.grad_fn is not None for s in gen)
+    want_r, want_g, _, _ = _per_item_reference(disc, y, y_hat)
+    for a, b in zip(real + gen, want_r + want_g, strict=True):
+        torch.testing.assert_close(a, b)

@@ -22,6 +22,7 @@ from gsv_accel.models.sovits.modules import (
     PosteriorEncoder,
     ResidualCouplingBlock,
     ResidualCouplingLayer,
+    normalized_weights_reused,
     remove_weight_norm,
     weight_norm,
 )
@@ -126,6 +127,51 @@ def test_weight_norm_gradients_reach_magnitude_and_direction():
     conv = weight_norm(nn.Conv1d(3, 4, 3))
     conv(torch.randn(1, 3, 7)).square().sum().backward()
     assert conv.weight_g.grad is not None and conv.weight_v.grad is not None
+
+
+def test_weight_norm_matches_the_legacy_torch_function_in_values_and_gradients():
+    torch.manual_seed(0)
+    ours = weight_norm(nn.Conv1d(3, 4, 3))
+    legacy = copy.deepcopy(ours)
+    remove_weight_norm(legacy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        legacy = nn.utils.weight_norm(legacy)
+    with torch.no_grad():
+        legacy.weight_g.copy_(ours.weight_g), legacy.weight_v.copy_(ours.weight_v)
+    x = torch.randn(2, 3, 9)
+    torch.testing.assert_close(ours(x), legacy(x))
+    ours(x).square().sum().backward()
+    legacy(x).square().sum().backward()
+    torch.testing.assert_close(ours.weight_g.grad, legacy.weight_g.grad)
+    torch.testing.assert_close(ours.weight_v.grad, legacy.weight_v.grad)
+
+
+def test_normalized_weights_reused_gives_the_same_outputs_and_gradients_with_one_weight():
+    torch.manual_seed(0)
+    block = nn.Sequential(weight_norm(nn.Conv1d(3, 4, 3)), nn.ReLU(), weight_norm(nn.Conv1d(4, 2, 1)))
+    a, b = torch.randn(1, 3, 8), torch.randn(2, 3, 8)
+
+    def two_calls() -> list[torch.Tensor]:
+        loss = block(a).square().sum() + block(b).abs().sum()
+        return [loss, *torch.autograd.grad(loss, list(block.parameters()))]
+
+    plain = two_calls()
+    with normalized_weights_reused(block):
+        reused = two_calls()
+        # The weight was built on entry: a change of g inside the block is not seen.
+        out = block(a)
+        with torch.no_grad():
+            block[0].weight_g.mul_(3)
+        torch.testing.assert_close(block(a), out)
+        with torch.no_grad():
+            block[0].weight_g.div_(3)
+    for got, want in zip(reused, plain, strict=True):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        block[0].weight_g.mul_(3)
+    assert not torch.allclose(block(a), out)  # rebuilt at every call again after the block
+    assert not any(k.startswith("_reused") for layer in block for k in vars(layer))
 
 
 # ---- WN / posterior encoder ------------------------------------------------------------------------

@@ -13,7 +13,8 @@ valid frames.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,11 @@ def _norm_except_first_dim(v: torch.Tensor) -> torch.Tensor:
 def _weight_from(module: nn.Module, name: str) -> torch.Tensor:
     g = getattr(module, name + "_g")
     v = getattr(module, name + "_v")
-    return v * (g / _norm_except_first_dim(v))
+    # The fused kernel the legacy torch function calls: one pass over v forward and one backward.
+    # Written out as v * (g / norm), autograd makes five or six passes over v (norm, division,
+    # product, and their backwards with a zero-norm mask); the discriminator's 1024x1024x5 weights
+    # made that 8% of an S2 training step on CPU.
+    return torch._weight_norm(v, g, 0)
 
 
 class _SetNormalizedWeight:
@@ -55,7 +60,8 @@ class _SetNormalizedWeight:
 
     def __call__(self, module: nn.Module, inputs: object) -> None:
         # A plain attribute, not a Parameter: the state dict holds only g and v.
-        setattr(module, self.name, _weight_from(module, self.name))
+        reused = module.__dict__.get(_REUSED_PREFIX + self.name)
+        setattr(module, self.name, reused if reused is not None else _weight_from(module, self.name))
 
 
 class _DropNormalizedWeight:
@@ -74,6 +80,30 @@ class _DropNormalizedWeight:
 
 def _find_hooks(hooks: dict, hook_class: type, name: str) -> list:
     return [key for key, hook in hooks.items() if isinstance(hook, hook_class) and hook.name == name]
+
+
+_REUSED_PREFIX = "_reused_normalized_"
+
+
+@contextmanager
+def normalized_weights_reused(module: nn.Module) -> Iterator[None]:
+    """Inside the block, every weight-normalised layer of `module` uses one weight built on entry
+    instead of rebuilding it at each call.
+
+    For a module called several times with the same parameters (the discriminator on real, then on
+    generated audio): the result is the same, the weights are normalised once. Under autograd the
+    gradients of every call flow back through the one weight. The parameters must not change inside
+    the block.
+    """
+    layers = [(layer, hook.name) for layer in module.modules() for hook in layer._forward_pre_hooks.values()
+              if isinstance(hook, _SetNormalizedWeight)]
+    for layer, name in layers:
+        layer.__dict__[_REUSED_PREFIX + name] = _weight_from(layer, name)
+    try:
+        yield
+    finally:
+        for layer, name in layers:
+            layer.__dict__.pop(_REUSED_PREFIX + name, None)
 
 
 def weight_norm(module: nn.Module, name: str = "weight") -> nn.Module:

@@ -143,6 +143,9 @@ def check_training_loop(train: Any) -> None:
         raise ValueError(f"train.rollback_lr_factor must be in (0, 1), got {train.rollback_lr_factor}")
 
 
+PROGRESS_STYLES = ("bar", "lines")
+
+
 @dataclass
 class RunConfig:
     """Where a run lives and how it is seeded."""
@@ -153,9 +156,15 @@ class RunConfig:
     # CPU threads per process (torch intra-op); null: all cores, shared by the processes on the
     # machine. Exact resume on a CPU needs the same number (the manifest records it).
     cpu_threads: int | None = None
+    # How the main process shows progress: "bar" (tqdm) or "lines", one plain line per logged step
+    # and per epoch as the official trainers print them (for consoles and captured logs: the WebUI).
+    progress: str = "bar"
 
     def __post_init__(self) -> None:
         _positive_or_none("run.cpu_threads", self.cpu_threads)
+        if self.progress not in PROGRESS_STYLES:
+            raise ValueError(f"run.progress must be one of {', '.join(PROGRESS_STYLES)}, "
+                             f"got {self.progress!r}")
         if not self.exp_name or "/" in self.exp_name or "\\" in self.exp_name:
             raise ValueError(f"run.exp_name must be a plain file-name part, got {self.exp_name!r}")
 

@@ -355,8 +355,9 @@ class TrainingSession:
         total_steps = sampler.steps_per_epoch() // grad_accum * self.epochs
         if self.max_steps is not None:
             total_steps = min(total_steps, self.max_steps)
-        bar = tqdm(total=total_steps, initial=progress.step, disable=not acc.is_main_process, desc=desc,
-                   dynamic_ncols=True)
+        progress_lines = acc.is_main_process and self.config.run.progress == "lines"
+        bar = tqdm(total=total_steps, initial=progress.step, desc=desc, dynamic_ncols=True,
+                   disable=not acc.is_main_process or progress_lines)
         speed, memory = TrainingSpeed(acc.device), PeakMemory(acc.device)
         oom = OutOfMemoryRetry(acc, self.models, sampler, deepspeed=is_deepspeed(acc),
                                injected_steps=injected_oom_steps(rank=acc.process_index))
@@ -406,12 +407,16 @@ class TrainingSession:
                     self._log(logs)
                 bar.set_postfix(postfix(logs), refresh=False)
                 bar.update(1)
+                if progress_lines and progress.step % log_every == 0:
+                    print_progress_line(progress.epoch, sampler, progress.step, total_steps, postfix(logs))
                 outcome = self.after_step(epoch_end=False)
                 if outcome is not RunOutcome.CONTINUE:
                     break
             else:
                 # The epoch ran to its end: per-epoch LR decay, then epoch-level validation and saves.
                 self.end_epoch()
+                if progress_lines:
+                    print(f"====> Epoch: {progress.epoch}", flush=True)
                 outcome = self.after_step(epoch_end=True)
             if retry:
                 continue
@@ -818,6 +823,15 @@ def check_same_engine(checkpoint: Path, *, deepspeed: bool) -> None:
         f"{checkpoint} was written without DeepSpeed and this run uses it: resume it without DeepSpeed "
         "(the accelerate config it was started with), or start a new DeepSpeed run from its export "
         "(train.pretrained_s2G=<run>/exports/<file>.pth)")
+
+
+def print_progress_line(epoch: int, sampler, step: int, total_steps: int, shown: dict[str, str]) -> None:
+    """`run.progress: lines`: the official trainers' "Train Epoch: N [P%]" line (epochs counted from
+    1), with the step and the values the progress bar would show."""
+    done = sampler.consumed_batches / max(1, sampler.steps_per_epoch() * sampler.num_replicas)
+    values = " ".join(f"{key}={value}" for key, value in shown.items())
+    print(f"Train Epoch: {epoch + 1} [{100.0 * done:.0f}%] step {step}/{total_steps} {values}".rstrip(),
+          flush=True)
 
 
 class TrainingSpeed:

@@ -374,8 +374,9 @@ def train_from_webui(stage: str, config_path: Path, extra: list[str]) -> int:
     print("\n".join(mapping_report(stage, plan["flat"])))
     dataset = cached_dataset(plan["exp_dir"], plan["version"])
     run_dir = plan["run_dir"]
+    # Progress as plain lines, as the official trainers print them into the WebUI's console.
     argv = ["--config", str(plan["config"]), "--resume", "auto", f"run.output_dir={_value(str(run_dir))}",
-            f"data.dataset={_value(str(dataset))}", *plan["overrides"], *extra]
+            f"data.dataset={_value(str(dataset))}", "run.progress=lines", *plan["overrides"], *extra]
     print(f"gsv-accel train-{stage}: run folder {run_dir}; settings {' '.join(argv[4:])}")
     apply_env(plan["env"])
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):  # one process, whatever the WebUI's environment says

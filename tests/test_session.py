@@ -245,3 +245,20 @@ def test_background_checkpoints_hold_what_synchronous_ones_hold(tmp_path):
         assert same == {name: entry for name, entry in runs["false"][step].items()
                         if not name.startswith("custom_checkpoint")}, step
         assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(same)
+
+
+def test_progress_lines_print_the_official_trainers_epoch_lines(tmp_path, capsys):
+    # Four steps an epoch, two epochs, a log row every step: "Train Epoch: N [P%]" counts epochs from 1
+    # and P is the share of the epoch done after the step; "====> Epoch: N" closes each epoch.
+    train(config(tmp_path, "run.progress=lines", "train.epochs=2", "validation.every_n_epochs=null"))
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith(("Train Epoch", "====>"))]
+    assert lines == [f"Train Epoch: 1 [{p}%] step {s}/8" for p, s in ((25, 1), (50, 2), (75, 3), (100, 4))] \
+        + ["====> Epoch: 1"] \
+        + [f"Train Epoch: 2 [{p}%] step {s}/8" for p, s in ((25, 5), (50, 6), (75, 7), (100, 8))] \
+        + ["====> Epoch: 2"]
+
+
+def test_unknown_progress_style_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="run.progress must be one of bar, lines"):
+        config(tmp_path, "run.progress=fancy")

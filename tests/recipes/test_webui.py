@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,8 +124,10 @@ def test_both_stages_from_the_webui_configs(demo_dataset, tmp_path):
     write_official_exp(root / "logs" / EXP, demo_dataset)
     s2_config, s1_config = webui_configs(root)
 
+    # A log row every 5 steps (the WebUI's log_interval of 100 is more than this run's 22 steps).
     s2 = gsv_accel(root, "train-s2", "--webui-config", str(s2_config), *QUIET,
-                   *tiny("s2_demo.yaml", ("model", "discriminator")), "train.learning_rate=0.0002")
+                   *tiny("s2_demo.yaml", ("model", "discriminator")), "train.learning_rate=0.0002",
+                   "train.log_every_n_steps=5")
     assert "train.fp16_run = True: -> precision" in s2.stdout
     assert "model.inter_channels = 192: ignored" in s2.stdout
     exports = sorted(p.name for p in (root / "SoVITS_weights_v2Pro").iterdir())
@@ -135,7 +138,8 @@ def test_both_stages_from_the_webui_configs(demo_dataset, tmp_path):
 
     # A second click: the finished run says so and exits 0; the dataset is not imported again.
     again = gsv_accel(root, "train-s2", "--webui-config", str(s2_config), *QUIET,
-                      *tiny("s2_demo.yaml", ("model", "discriminator")), "train.learning_rate=0.0002")
+                      *tiny("s2_demo.yaml", ("model", "discriminator")), "train.learning_rate=0.0002",
+                      "train.log_every_n_steps=5")
     assert "not imported again" in again.stdout
     assert "is finished" in again.stdout + again.stderr
 
@@ -147,6 +151,9 @@ def test_both_stages_from_the_webui_configs(demo_dataset, tmp_path):
     gpts = sorted(p.name for p in (root / "GPT_weights_v2Pro").iterdir())
     assert f"{EXP}-e2.ckpt" in gpts, gpts
     assert "train.if_dpo = False: -> train.dpo" in s1.stdout
+    for out in (s2, s1):  # progress as the official trainers print it into the WebUI's console
+        assert re.search(r"^Train Epoch: 1 \[\d+%\] step \d+/\d+ ", out.stdout, re.M), out.stdout[-2000:]
+        assert "\n====> Epoch: 2\n" in out.stdout
     for stage, out in (("s2", s2), ("s1", s1)):  # the log of what the command did, for the test report
         print(f"--- train-{stage}\n{out.stdout[-2500:]}")
 

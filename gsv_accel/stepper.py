@@ -97,3 +97,14 @@ def make_stepper(accelerator, grad_clip: float | None) -> OptimizerStepper | Dee
     from .deepspeed_support import is_deepspeed
 
     return DeepSpeedStepper() if is_deepspeed(accelerator) else OptimizerStepper(accelerator, grad_clip)
+
+
+def adamw(params, lr: float, *, betas: tuple[float, float], eps: float, weight_decay: float = 0.01,
+          device: torch.device, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW, by default with PyTorch's fused kernel where the device has one (CPU, CUDA): one pass
+    over each parameter instead of a dozen element-wise ops per tensor, 3x faster on a CPU for the
+    default S2 models (about 4% of a step). Its results differ from the for-loop AdamW the official
+    trainers use in the last bits only; `fused=False` gives that one."""
+    fused = fused and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
+

@@ -75,7 +75,7 @@ from gsv_accel.plateau import PlateauConfig
 from gsv_accel.quality import QualityValidationConfig, VoiceQuality
 from gsv_accel.recipe import BATCH_SHARE, StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
-from gsv_accel.stepper import make_stepper
+from gsv_accel.stepper import adamw, make_stepper
 from gsv_accel.tracking import TrackingConfig
 
 logger = logging.getLogger("recipes.s2")
@@ -130,6 +130,7 @@ class S2TrainConfig:
     c_mel: float = 45.0
     c_kl: float = 1.0
     grad_clip: float | None = None  # max global grad norm per model; null = no clipping
+    fused_adamw: bool = True  # PyTorch's fused AdamW kernel (false: the for-loop one the official uses)
     grad_accum: int = 1
     # Gradient checkpointing of the generator's big activations (decoder stages, text encoder,
     # posterior encoder, flows): less memory, the same gradients, about a third slower.
@@ -302,9 +303,11 @@ class S2Recipe:
         groups = [{"params": base, "lr": tc.learning_rate}]
         groups += [{"params": [p for p in m.parameters() if p.requires_grad],
                     "lr": tc.learning_rate * tc.text_low_lr_rate} for m in low_lr_modules]
-        self.optim_g = torch.optim.AdamW(groups, tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps)
-        self.optim_d = torch.optim.AdamW(self.net_d.parameters(), tc.learning_rate, betas=tuple(tc.betas),
-                                         eps=tc.eps)
+        # DeepSpeed steps the optimizer on its own flat partitions: the for-loop kernel there.
+        options = dict(betas=tuple(tc.betas), eps=tc.eps, device=self.accelerator.device,
+                       fused=tc.fused_adamw and not self.deepspeed)
+        self.optim_g = adamw(groups, tc.learning_rate, **options)
+        self.optim_d = adamw(self.net_d.parameters(), tc.learning_rate, **options)
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=tc.lr_decay)
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=tc.lr_decay)
 

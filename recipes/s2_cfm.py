@@ -75,7 +75,7 @@ from gsv_accel.plateau import PlateauConfig
 from gsv_accel.quality import QualityValidationConfig, VoiceQuality
 from gsv_accel.recipe import BATCH_SHARE, StepResult, ValidationResult
 from gsv_accel.session import TrainingSession, run_recipe
-from gsv_accel.stepper import make_stepper
+from gsv_accel.stepper import adamw, make_stepper
 from gsv_accel.tracking import TrackingConfig
 
 logger = logging.getLogger("recipes.s2_cfm")
@@ -113,6 +113,7 @@ class CFMTrainConfig:
     lora_rank: int | None = 32  # null: full fine-tuning (official s2_train_v3.py)
     grad_ckpt: bool = False
     grad_clip: float | None = None
+    fused_adamw: bool = True  # PyTorch's fused AdamW kernel (false: the for-loop one the official uses)
     grad_accum: int = 1
     log_every_n_steps: int = 1
     max_nonfinite_steps: int = 3
@@ -198,8 +199,8 @@ class CFMRecipe:
             add_lora(self.model, cfg.train.lora_rank)  # after the base weights: LoRA starts at zero
         tc = cfg.train
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps,
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = adamw(params, tc.learning_rate, betas=tuple(tc.betas), eps=tc.eps,
+                               weight_decay=tc.weight_decay, device=acc.device, fused=tc.fused_adamw)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=tc.lr_decay)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.stepper = make_stepper(acc, tc.grad_clip)

@@ -136,9 +136,11 @@ def test_zero2_cpu_trains_saves_resumes_exactly_and_exports(tmp_path: Path, demo
 def test_zero2_fp32_equals_the_plain_recipe_and_resumes_only_under_deepspeed(tmp_path: Path,
                                                                               demo_dataset: Path) -> None:
     """One process, fp32: ZeRO-2's partitioned fp32 optimizer must compute what the plain AdamW step
-    does, so 13 steps (across the first epoch's end (11 steps) and its LR decay) give identical weights.
+    does (the for-loop kernel), so 13 steps (across the first epoch's end (11 steps) and its LR decay)
+    give identical weights.
     Resuming either run under the other kind of launcher is refused with a message."""
-    settings = ("train.max_steps=13", "checkpoint.every_n_steps=13")
+    # The plain run with the for-loop AdamW kernel DeepSpeed's partitions use (not the fused one).
+    settings = ("train.max_steps=13", "checkpoint.every_n_steps=13", "train.fused_adamw=false")
     plain = S2Run(tmp_path / "plain", demo_dataset, *settings)
     plain.run()
     zero2 = DeepSpeedS2Run(tmp_path / "zero2", demo_dataset, *settings)

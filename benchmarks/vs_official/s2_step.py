@@ -30,6 +30,8 @@ times are CPU seconds of the process by default (`--clock wall` for elapsed time
 
 from __future__ import annotations
 
+import itertools
+import random
 import statistics
 import sys
 import tempfile
@@ -262,6 +264,20 @@ def bench_version(root: Path, version: str, shapes: list[tuple[int, float]], arg
         return rows
 
 
+def same_draws(step):
+    """`step` with Python's `random` seeded by its call count: both CFM losses (ours and the official)
+    draw their shortcut coin with one `random.random()` per step, so the k-th call of either side takes
+    the same branch. Unseeded, the three-call shortcut steps (30%) fall on the two sides at random and
+    pair ratios swing from 0.5 to 1.8."""
+    calls = itertools.count()
+
+    def seeded(*args):
+        random.seed(next(calls))
+        return step(*args)
+
+    return seeded
+
+
 def bench_cfm(root: Path, shapes: list[tuple[int, float]], args) -> list[harness.Row]:
     import torch
     from ours_s2 import build_cfm_recipe, synthetic_cfm_batch
@@ -274,9 +290,13 @@ def bench_cfm(root: Path, shapes: list[tuple[int, float]], args) -> list[harness
         copy_weights(official, recipe)
         device = official.to(recipe.accelerator.device)
         what = f"S2 v3 CFM training step (LoRA {recipe.cfg.train.lora_rank})"
-        return [time_shape(what, f"{size} x {secs:g} s", recipe.train_step, official.step, harness.to_device(
-                    synthetic_cfm_batch(size, secs, spectrogram=official.spectrogram), device), device, args)
-                for size, secs in shapes]
+        rows = []
+        for size, secs in shapes:
+            batch = synthetic_cfm_batch(size, secs, spectrogram=official.spectrogram)
+            batch = harness.to_device(batch, device)
+            rows.append(time_shape(what, f"{size} x {secs:g} s", same_draws(recipe.train_step),
+                                   same_draws(official.step), batch, device, args))
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,18 @@ def parse_shapes(text: str) -> list[tuple[int, float]]:
     return shapes
 
 
-class OfficialS2:
+class OfficialSpectrogram:
+    """The official linear spectrogram of the official hparams (`self.hps`), for the synthetic batches."""
+
+    def spectrogram(self, wav):
+        from module.mel_processing import spectrogram_torch
+
+        d = self.hps.data
+        return spectrogram_torch(wav, d.filter_length, d.sampling_rate, d.hop_length, d.win_length,
+                                 center=False)
+
+
+class OfficialS2(OfficialSpectrogram):
     """The official generator, discriminator, optimizers and one step of s2_train.py's batch loop."""
 
     def __init__(self, root: Path, version: str) -> None:
@@ -106,13 +117,6 @@ class OfficialS2:
         self.net_g.to(device)
         self.net_d.to(device)
         return device
-
-    def spectrogram(self, wav):
-        from module.mel_processing import spectrogram_torch
-
-        d = self.hps.data
-        return spectrogram_torch(wav, d.filter_length, d.sampling_rate, d.hop_length, d.win_length,
-                                 center=False)
 
     def step(self, batch: dict) -> None:
         import torch.nn.functional as F
@@ -160,7 +164,7 @@ class OfficialS2:
         self.scaler.update()
 
 
-class OfficialCFM:
+class OfficialCFM(OfficialSpectrogram):
     """The official v3 model with LoRA on its DiT, its AdamW and one step of s2_train_v3_lora.py's loop."""
 
     def __init__(self, root: Path, lora_rank: int) -> None:
@@ -193,13 +197,6 @@ class OfficialCFM:
     def to(self, device):
         self.net_g.to(device)
         return device
-
-    def spectrogram(self, wav):
-        from module.mel_processing import spectrogram_torch
-
-        d = self.hps.data
-        return spectrogram_torch(wav, d.filter_length, d.sampling_rate, d.hop_length, d.win_length,
-                                 center=False)
 
     def step(self, batch: dict) -> None:
         from module import commons

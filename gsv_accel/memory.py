@@ -38,7 +38,6 @@ import gc
 import logging
 import os
 import random
-import resource
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -46,6 +45,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    import resource
+except ImportError:  # Windows (the GPT-SoVITS WebUI's package): no getrusage
+    resource = None
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +78,17 @@ class OutOfMemoryAtSmallestBatch(RuntimeError):
 
 # ------------------------------------------------------------------------------------- peak memory
 
-def process_peak_rss_bytes() -> int:
-    """The process's peak resident set size (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+def process_peak_rss_bytes() -> int | None:
+    """The process's peak resident set size (Linux reports KiB, macOS bytes); on Windows psutil's peak
+    working set where psutil is installed, else None (not measured)."""
+    if resource is not None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(getattr(psutil.Process().memory_info(), "peak_wset", 0)) or None
 
 
 class PeakMemory:
@@ -94,21 +105,27 @@ class PeakMemory:
     def source(self) -> str:
         return "CUDA max allocated" if self.cuda else "process peak RSS"
 
-    def _current_peak(self) -> int:
+    def _current_peak(self) -> int | None:
         return torch.cuda.max_memory_allocated(self.device) if self.cuda else process_peak_rss_bytes()
 
     def window_gib(self) -> float:
-        """The peak since the previous call (CUDA) or of the process so far, in GiB; starts the next
-        window."""
+        """The peak since the previous call (CUDA) or of the process so far, in GiB (NaN where it
+        cannot be measured); starts the next window."""
         peak = self._current_peak()
+        if peak is None:
+            return float("nan")
         self.run_peak = max(self.run_peak, peak)
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         return peak / 2**30
 
     def run_gib(self) -> float:
-        """The peak of the whole run so far, in GiB (the current window included)."""
-        self.run_peak = max(self.run_peak, self._current_peak())
+        """The peak of the whole run so far, in GiB (the current window included; NaN where it cannot
+        be measured)."""
+        peak = self._current_peak()
+        if peak is None:
+            return float("nan")
+        self.run_peak = max(self.run_peak, peak)
         return self.run_peak / 2**30
 
 

@@ -59,6 +59,28 @@ def test_real_cpu_allocation_failure_is_recognised():
     assert is_out_of_memory(caught.value)
 
 
+def test_peak_memory_where_getrusage_is_missing_is_not_measured_rather_than_an_import_error(monkeypatch):
+    # Windows has no `resource` module: the peak comes from psutil when installed, else it is NaN.
+    import builtins
+    import math
+
+    import gsv_accel.memory as memory
+
+    measured = PeakMemory(torch.device("cpu"))
+    assert measured.run_gib() > 0.01  # getrusage here: this test process holds torch
+    monkeypatch.setattr(memory, "resource", None)
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil":
+            raise ImportError("no psutil")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    unmeasured = PeakMemory(torch.device("cpu"))
+    assert math.isnan(unmeasured.window_gib()) and math.isnan(unmeasured.run_gib())
+
+
 def test_injection_variable_is_parsed_and_bad_values_name_it():
     assert injected_oom_steps({}) == []
     assert injected_oom_steps({INJECT_OOM_ENV: "3, 3,7"}) == [3, 3, 7]

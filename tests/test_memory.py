@@ -12,25 +12,16 @@ import re
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from gsv_accel.checkpoint import CheckpointManager, verify_checkpoint
 from gsv_accel.data.sampler import LengthBucketBatchSampler
 from gsv_accel.lifecycle import EXIT_CODE_OUT_OF_MEMORY
 from gsv_accel.memory import INJECT_OOM_ENV, PeakMemory, injected_oom_steps, is_out_of_memory
 
-from .test_session import FakeRecipe, config, train
+# fresh_accelerate_state: test_session's autouse fixture, active here once imported.
+from .test_session import FakeRecipe, config, fresh_accelerate_state, train  # noqa: F401
 
 SETTINGS = ("train.batch_size=4", "train.epochs=4", "checkpoint.every_n_steps=1", "checkpoint.keep_last=20")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def final_weights(run_dir, recipe) -> dict[str, torch.Tensor]:

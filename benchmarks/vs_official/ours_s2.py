@@ -52,10 +52,18 @@ def build_recipe(version: str, run_dir: Path, threads: int) -> DatalessS2Recipe:
     trackers off."""
     from gsv_accel.config import load_config
 
-    cfg = load_config(S2Config, CONFIGS[version], [
-        f"run.output_dir={run_dir}", f"run.cpu_threads={threads}", "tracking.wandb=false",
-        "tracking.tensorboard=false"])
-    recipe = DatalessS2Recipe(cfg, resume=None)
+    cfg = load_config(S2Config, CONFIGS[version], overrides(run_dir, threads))
+    return set_up(DatalessS2Recipe(cfg, resume=None))
+
+
+def overrides(run_dir: Path, threads: int) -> list[str]:
+    """The benchmark's run folder and threads, trackers off."""
+    return [f"run.output_dir={run_dir}", f"run.cpu_threads={threads}", "tracking.wandb=false",
+            "tracking.tensorboard=false"]
+
+
+def set_up(recipe):
+    """The recipe's own `setup()`, quietly; returns the recipe."""
     # The recipe's console log handler binds to stderr at set-up: keep it off the benchmark's output.
     with contextlib.redirect_stderr(io.StringIO()):
         recipe.setup()
@@ -107,14 +115,8 @@ def build_cfm_recipe(run_dir: Path, threads: int):
                                                     cfg.data.bucket_boundaries, seed=cfg.run.seed)
             self.loader = None
 
-    cfg = load_config(CFMConfig, CFM_CONFIG, [
-        f"run.output_dir={run_dir}", f"run.cpu_threads={threads}", "tracking.wandb=false",
-        "tracking.tensorboard=false"])
-    recipe = DatalessCFMRecipe(cfg, resume=None)
-    with contextlib.redirect_stderr(io.StringIO()):
-        recipe.setup()
-    quiet_logs()
-    return recipe
+    cfg = load_config(CFMConfig, CFM_CONFIG, overrides(run_dir, threads))
+    return set_up(DatalessCFMRecipe(cfg, resume=None))
 
 
 def synthetic_cfm_batch(batch: int, seconds: float, *, spectrogram, ssl_dim: int = 768, vocab: int = 732,

@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_s1.py
 	$(PYTHON) benchmarks/bench_cfm.py
 	$(PYTHON) benchmarks/bench_grad_ckpt.py
+	$(PYTHON) benchmarks/bench_cpu_conv.py
 	$(PYTHON) benchmarks/bench_checkpoint.py
 
 # Side by side with the official GPT-SoVITS code, imported at run time from GSV_OFFICIAL=PATH (a checkout;

@@ -73,6 +73,8 @@ class CFM(nn.Module):
         xt = xt.masked_fill(in_prompt, 0.0)
 
         n_calls = 1
+        # The embedding of mu (no random draws) is the same in all estimator calls of the step.
+        text_embed = self.estimator.embed_text(mu)
         draw = rng.random() if rng is not None else random.random()
         if draw < SHORTCUT_PROBABILITY:
             base = torch.randint(2, 8, (batch,), device=mu.device)
@@ -81,14 +83,18 @@ class CFM(nn.Module):
             # The teachers' outputs are detached targets; the prompt frames of the midpoint are not
             # re-zeroed (as in the official code).
             with torch.no_grad():
-                v1 = self.estimator(xt, prompt, x_lens, t, d_input, mu, use_grad_ckpt).transpose(2, 1)
+                teacher_embed, dt_embed = text_embed.detach(), self.estimator.d_embed(d_input)
+                v1 = self.estimator(xt, prompt, x_lens, t, d_input, None, use_grad_ckpt,
+                                    text_embed=teacher_embed, dt_embed=dt_embed).transpose(2, 1)
                 x_mid = xt + d[:, None, None] * v1
-                v2 = self.estimator(x_mid, prompt, x_lens, t + d, d_input, mu, use_grad_ckpt).transpose(2, 1)
+                v2 = self.estimator(x_mid, prompt, x_lens, t + d, d_input, None, use_grad_ckpt,
+                                    text_embed=teacher_embed, dt_embed=dt_embed).transpose(2, 1)
             vt = ((v1 + v2) / 2).detach()
             dt = 2 * d
             n_calls = 3
 
-        vt_pred = self.estimator(xt, prompt, x_lens, t, dt, mu, use_grad_ckpt).transpose(2, 1)
+        vt_pred = self.estimator(xt, prompt, x_lens, t, dt, None, use_grad_ckpt,
+                                 text_embed=text_embed).transpose(2, 1)
         loss = 0
         for i in range(batch):
             start, end = int(prompt_lens[i]), int(x_lens[i])

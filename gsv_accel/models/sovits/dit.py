@@ -12,11 +12,19 @@ Data flow of one call (`DiT.forward`), tensors time-major inside (B, T, C):
     depth x DiTBlock (AdaLN-zero, self-attention with rotary positions, feed-forward)
     AdaLN final --linear--> velocity (B, T, mel_dim)
 
-Rotary positions use x_transformers' `RotaryEmbedding` and `apply_rotary_pos_emb`, as the official
-code does: the module registers a persistent `inv_freq` buffer that is part of the released state
-dicts, and the rotation is applied to the query/key before they are split into heads, so only the
-first `dim_head` features (the first head) are rotated. That quirk is kept, since the released
-weights were trained with it.
+Rotary positions use x_transformers' `RotaryEmbedding`, as the official code does: the module
+registers a persistent `inv_freq` buffer that is part of the released state dicts. The official code
+rotates the query/key with x_transformers' `apply_rotary_pos_emb` before they are split into heads,
+so only the first `dim_head` features (the first head) are rotated. That quirk is kept, since the
+released weights were trained with it; `rotate_leading` computes the same rotation (bit for bit)
+without the slice/concatenate copies of the whole query and key that autograd adds around it.
+
+Where the official code does more work than the result needs, this one does less (same outputs up to
+float rounding, checked against the official fixtures): the attention mask is broadcast instead of
+expanded to (B, heads, T, T) and left out when no frame is padded; the AdaLN modulations and gated
+residuals are one fused multiply-add (`torch.addcmul`); dropout draws its CPU mask with `torch.rand`
+(`gsv_accel.models.dropout`); the position convolution runs on PyTorch's native CPU kernels
+(`gsv_accel.models.cpu_conv`).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from x_transformers.x_transformers import RotaryEmbedding, apply_rotary_pos_emb
 
+from ..cpu_conv import Conv1d
+from ..dropout import Dropout
 from .commons import sequence_mask
 
 # Width of the sinusoidal embedding of t and dt before their MLPs.
@@ -51,6 +61,47 @@ def text_position_table(dim: int, length: int, theta: float = 10000.0) -> torch.
     freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
     angles = torch.outer(torch.arange(length, device=freqs.device), freqs).float()
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """x_transformers' pairwise quarter turn: (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+class _RotateLeading(torch.autograd.Function):
+    """Rotate the first cos.shape[-1] features of t (B, T, C) by the angles of cos/sin (1, T, r)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rot = cos.shape[-1]
+        head = t[..., :rot]
+        out = t.clone()
+        out[..., :rot] = head * cos + rotate_half(head) * sin  # x_transformers' expression and order
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        rot = cos.shape[-1]
+        head = grad[..., :rot]
+        grad_t = grad.clone()
+        # The transpose of the rotation: rotate_half^T = -rotate_half.
+        grad_t[..., :rot] = head * cos - rotate_half(head * sin)
+        return grad_t, None, None
+
+
+def rotate_leading(t: torch.Tensor, freqs: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """`x_transformers.apply_rotary_pos_emb(t, freqs, scale)` for time-major t (B, T, C) and freqs
+    (1, >=T, r): the first r features rotated by position, the rest unchanged; same values, less
+    memory traffic. xpos scales (not used by the DiT) go to x_transformers' function."""
+    if torch.is_tensor(scale) or scale != 1.0 or t.ndim != 3:
+        return apply_rotary_pos_emb(t, freqs, scale)
+    freqs = freqs[:, -t.shape[-2]:, :]
+    # As x_transformers: the angles and the rotation in fp32 (autocast off), the result in t's dtype.
+    with torch.autocast(device_type=t.device.type, enabled=False):
+        return _RotateLeading.apply(t, freqs.cos(), freqs.sin())
 
 
 class TimestepEmbedding(nn.Module):
@@ -134,8 +185,8 @@ class ConvPositionEmbedding(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError(f"ConvPositionEmbedding needs an odd kernel size, got {kernel_size}")
         self.conv1d = nn.Sequential(
-            nn.Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2), nn.Mish(),
-            nn.Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2), nn.Mish(),
+            Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2), nn.Mish(),
+            Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2), nn.Mish(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +222,7 @@ class AdaLayerNormZero(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         emb = self.linear(self.silu(emb))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(emb, 6, dim=1)
-        x = self.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        x = torch.addcmul(shift_msa[:, None], self.norm(x), 1 + scale_msa[:, None])
         return x, gate_msa, shift_mlp, scale_mlp, gate_mlp
 
 
@@ -186,7 +237,7 @@ class AdaLayerNormZeroFinal(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         scale, shift = torch.chunk(self.linear(self.silu(emb)), 2, dim=1)
-        return self.norm(x) * (1 + scale)[:, None, :] + shift[:, None, :]
+        return torch.addcmul(shift[:, None, :], self.norm(x), (1 + scale)[:, None, :])
 
 
 class FeedForward(nn.Module):
@@ -197,7 +248,7 @@ class FeedForward(nn.Module):
         inner_dim = int(dim * mult)
         self.ff = nn.Sequential(
             nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU(approximate=approximate)),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(inner_dim, dim),
         )
 
@@ -220,24 +271,24 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, self.inner_dim)
         self.to_k = nn.Linear(dim, self.inner_dim)
         self.to_v = nn.Linear(dim, self.inner_dim)
-        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, dim), nn.Dropout(dropout)])
+        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, dim), Dropout(dropout)])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, float | torch.Tensor] | None = None) -> torch.Tensor:
-        """x: (B, T, dim); mask: (B, T) bool, True on valid frames; rope: (freqs, xpos scale)."""
+        """x: (B, T, dim); mask: (B, T) bool, True on valid frames, or None when none is padded;
+        rope: (freqs, xpos scale)."""
         batch = x.shape[0]
         query, key, value = self.to_q(x), self.to_k(x), self.to_v(x)
         if rope is not None:
             freqs, xpos_scale = rope
-            query = apply_rotary_pos_emb(query, freqs, xpos_scale)
-            key = apply_rotary_pos_emb(key, freqs, xpos_scale ** -1.0)
+            query = rotate_leading(query, freqs, xpos_scale)
+            key = rotate_leading(key, freqs, xpos_scale ** -1.0)
 
         head_dim = key.shape[-1] // self.heads
         query, key, value = (t.view(batch, -1, self.heads, head_dim).transpose(1, 2)
                              for t in (query, key, value))
-        attn_mask = None
-        if mask is not None:
-            attn_mask = mask[:, None, None, :].expand(batch, self.heads, query.shape[-2], key.shape[-2])
+        # Key padding, broadcast over heads and queries (the official code expands it to B x H x T x T).
+        attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=0.0,
                                              is_causal=False)
         out = out.transpose(1, 2).reshape(batch, -1, self.heads * head_dim).to(query.dtype)
@@ -260,9 +311,9 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, float | torch.Tensor] | None = None) -> torch.Tensor:
         norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(x, emb=t)
-        x = x + gate_msa.unsqueeze(1) * self.attn(norm, mask=mask, rope=rope)
-        norm = self.ff_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        return x + gate_mlp.unsqueeze(1) * self.ff(norm)
+        x = torch.addcmul(x, gate_msa.unsqueeze(1), self.attn(norm, mask=mask, rope=rope))
+        norm = torch.addcmul(shift_mlp[:, None], self.ff_norm(x), 1 + scale_mlp[:, None])
+        return torch.addcmul(x, gate_mlp.unsqueeze(1), self.ff(norm))
 
 
 class DiT(nn.Module):
@@ -305,7 +356,8 @@ class DiT(nn.Module):
         x = x.transpose(2, 1)
         cond = cond.transpose(2, 1)
         batch, seq_len = x.shape[0], x.shape[1]
-        mask = sequence_mask(x_lens, seq_len).to(x.device)
+        # No mask when no item is padded: attention then skips reading one (one host sync per call).
+        mask = None if bool((x_lens >= seq_len).all()) else sequence_mask(x_lens, seq_len).to(x.device)
         if time.ndim == 0:
             time = time.repeat(batch)
 

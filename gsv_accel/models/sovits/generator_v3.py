@@ -168,13 +168,15 @@ class SynthesizerTrnV3(nn.Module):
         training mode.
         """
         # ref_enc and the frozen part run in fp32 even under autocast, as in the official trainer.
-        with torch.autocast(device_type=y.device.type, enabled=False):
+        # With the text side frozen, ge reaches the loss only detached (wns1 detaches it), so ref_enc
+        # gets no gradient (as officially) and runs without building a graph.
+        with torch.autocast(device_type=y.device.type, enabled=False), \
+                torch.no_grad() if self.freeze_quantizer else nullcontext():
             y_mask = _length_mask(y_lengths, y.size(2), y.dtype)
             ge = self.ref_enc(y[:, :REFERENCE_BINS] * y_mask, y_mask)
-            with torch.no_grad() if self.freeze_quantizer else nullcontext():
-                quantized, _, _ = self.quantizer(self.ssl_proj(ssl))
-                quantized = self._upsample_semantic(quantized)
-                x, _, _, _ = self.enc_p(quantized, y_lengths, text, text_lengths, ge)
+            quantized, _, _ = self.quantizer(self.ssl_proj(ssl))
+            quantized = self._upsample_semantic(quantized)
+            x, _, _, _ = self.enc_p(quantized, y_lengths, text, text_lengths, ge)
         fea = self._to_mel_rate(x)
         fea, _ = self.wns1(fea, mel_lengths, ge)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv_accel.models.cpu_conv import Conv1d
 from gsv_accel.models.grad_ckpt import checkpointed
 from gsv_accel.models.sovits.commons import gated_tanh_sigmoid, same_padding, sequence_mask
 
@@ -180,7 +181,8 @@ class WN(nn.Module):
 
         for i in range(n_layers):
             dilation = dilation_rate ** i
-            self.in_layers.append(weight_norm(nn.Conv1d(
+            # Native CPU kernels: see gsv_accel.models.cpu_conv.
+            self.in_layers.append(weight_norm(Conv1d(
                 hidden_channels, 2 * hidden_channels, kernel_size,
                 dilation=dilation, padding=same_padding(kernel_size, dilation))))
             # Every layer but the last emits a residual half and a skip half; the last only a skip.

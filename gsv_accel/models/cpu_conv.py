@@ -1,12 +1,14 @@
 """`Conv1d` that runs on PyTorch's native CPU kernels (im2col + GEMM) instead of oneDNN's.
 
-On the CPUs we train on, oneDNN's backward of the wide 1-D convolutions of these models is slow: a
-WaveNet layer of the v3/v4 `wns1` (512 -> 1024 channels, kernel 5) takes 10-30% longer forward and
-backward than PyTorch's native kernels, the DiT's grouped position convolution (1024 channels, 16
-groups, kernel 31) ~30% longer, at batch 1, 2 and 4 (one thread, fp32, 187 frames;
-`benchmarks/bench_cpu_conv.py` measures it on the machine at hand). `Conv1d` takes the native path
-for fp32 CPU tensors outside autocast; anything else (GPUs, bf16/fp16, dilation) is `nn.Conv1d`'s.
-Same parameters and state-dict keys as `nn.Conv1d`; outputs equal up to float rounding.
+On the CPUs we train on, oneDNN's backward of the wide 1-D convolutions of these models is slow at
+small batches: at batch 1-2 a WaveNet layer of the v3/v4 `wns1` (512 -> 1024 channels, kernel 5)
+takes 3-25% longer forward and backward than PyTorch's native kernels, the DiT's grouped position
+convolution (1024 channels, 16 groups, kernel 31) 30-50% longer (one thread, fp32, 100-1500 frames).
+At larger batches it is the other way round, up to 10x (batch 16, 187 frames, ungrouped), so
+`Conv1d` takes the native path only for batches of at most `NATIVE_MAX_BATCH` fp32 CPU items outside
+autocast; anything else (larger batches, GPUs, bf16/fp16, dilation) is `nn.Conv1d`'s.
+`benchmarks/bench_cpu_conv.py` measures both at batch 1-16 on the machine at hand. Same parameters
+and state-dict keys as `nn.Conv1d`; outputs equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Largest batch given to the native kernels (see above).
+NATIVE_MAX_BATCH = 2
 
 
 @contextmanager
@@ -55,12 +60,12 @@ class _NativeConv1d(torch.autograd.Function):
 
 
 def native_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+    return (x.device.type == "cpu" and x.dim() == 3 and x.shape[0] <= NATIVE_MAX_BATCH
+            and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
 
 
 class Conv1d(nn.Conv1d):
-    """`nn.Conv1d` that uses `_NativeConv1d` on fp32 CPU tensors (zero padding, no dilation)."""
+    """`nn.Conv1d` that uses `_NativeConv1d` for small fp32 CPU batches (zero padding, no dilation)."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                       ) -> torch.Tensor:

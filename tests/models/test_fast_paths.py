@@ -11,7 +11,8 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from x_transformers.x_transformers import RotaryEmbedding, apply_rotary_pos_emb
 
-from gsv_accel.models.cpu_conv import Conv1d, _NativeConv1d
+from gsv_accel.models import cpu_conv
+from gsv_accel.models.cpu_conv import NATIVE_MAX_BATCH, Conv1d, _NativeConv1d
 from gsv_accel.models.dropout import Dropout
 from gsv_accel.models.sovits import SoVITSV3Config, SynthesizerTrnV3
 from gsv_accel.models.sovits.dit import Attention, rotate_leading
@@ -25,7 +26,7 @@ from gsv_accel.models.sovits.lora import LORA_TARGET_MODULES, FusedLoraLinear, a
 def test_native_conv1d_matches_conv1d_forward_and_backward(groups, channels, kernel, bias):
     torch.manual_seed(0)
     conv = Conv1d(channels, 2 * channels, kernel, padding=kernel // 2, groups=groups, bias=bias)
-    x = torch.randn(3, channels, 50, requires_grad=True)
+    x = torch.randn(2, channels, 50, requires_grad=True)
     out = conv(x)
     grad = torch.randn_like(out)
     out.backward(grad)
@@ -58,6 +59,22 @@ def test_native_conv1d_restores_the_switch_on_errors_and_keeps_nn_conv1d_keys():
     with pytest.raises(RuntimeError):
         conv(torch.randn(1, 5, 10))  # wrong channel count
     assert torch.backends.mkldnn.enabled
+
+
+def test_native_kernels_only_for_small_fp32_cpu_batches(monkeypatch):
+    calls = []
+    apply = _NativeConv1d.apply
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return apply(*args)
+
+    monkeypatch.setattr(cpu_conv._NativeConv1d, "apply", counted)
+    conv = Conv1d(4, 4, 3, padding=1)
+    for batch in (1, NATIVE_MAX_BATCH, NATIVE_MAX_BATCH + 1):
+        conv(torch.randn(batch, 4, 10))
+    conv.double()(torch.randn(1, 4, 10, dtype=torch.float64))
+    assert [shape[0] for shape in calls] == [1, NATIVE_MAX_BATCH]
 
 
 def test_native_conv1d_leaves_autocast_and_dilation_to_pytorch():

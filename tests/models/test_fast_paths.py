@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -210,3 +212,33 @@ def test_cfm_lora_config_registers_the_fused_layer():
     config = cfm_lora_config(4)
     assert config._custom_modules == {torch.nn.Linear: FusedLoraLinear}
     assert config.r == config.lora_alpha == 4
+
+
+def test_v3_training_step_with_dropout_is_the_same_with_gradient_checkpointing():
+    """In training mode (DiT dropout active), checkpointed blocks recompute with the same dropout
+    masks: the loss and every gradient equal those of the plain pass."""
+    torch.manual_seed(0)
+    model = add_lora(_tiny_dit_model(), 4).train()
+    assert model.cfm.base_model.model.estimator.transformer_blocks[0].ff.ff[1].p > 0
+    for module in model.cfm.modules():  # non-zero B so that the LoRA A matrices get gradients too
+        if isinstance(module, FusedLoraLinear):
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.1)
+    frames, mel_frames = 16, 30
+    mel = torch.rand(2, 100, mel_frames) * 2 - 1
+    # ssl, spec, mel, ssl_lengths, spec_lengths, text, text_lengths, mel_lengths
+    inputs = (torch.randn(2, 768, frames), torch.rand(2, 1025, frames), mel, torch.tensor([frames, frames]),
+              torch.tensor([frames, 12]), torch.randint(1, 300, (2, 7)), torch.tensor([7, 5]),
+              torch.tensor([mel_frames, 22]))
+    results = []
+    for use_ckpt in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        loss = model(*inputs, use_grad_ckpt=use_ckpt, rng=random.Random(0)).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                        if p.grad is not None}))
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    assert torch.equal(loss, loss_ckpt)
+    assert grads.keys() == grads_ckpt.keys() and any(".lora_A." in n for n in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-6)

@@ -41,7 +41,8 @@ class FusedLoraLinear(PeftLoraLinear):
         if len(active) != 1:
             return None
         name = active[0]
-        if (name not in self.lora_A or name in self.lora_variant or self.lora_B[name].bias is not None
+        if (name not in self.lora_A or name in getattr(self, "lora_variant", {})
+                or getattr(self, "use_dora", {}).get(name, False) or self.lora_B[name].bias is not None
                 or not isinstance(self.lora_dropout[name], nn.Identity)):
             return None
         # peft casts x to the adapter's dtype; under autocast both paths compute in the autocast dtype.

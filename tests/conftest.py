@@ -40,6 +40,23 @@ def reference_file(reference_dir):
     return get
 
 
+def reset_accelerate_state() -> None:
+    """Forget Accelerate's process-wide singletons, so that the next Accelerator starts fresh (tests
+    build several in one process)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate's state reset before and after the test."""
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
 @pytest.fixture(scope="session")
 def small_s2_model_config(reference_file) -> dict:
     """Model config of the small official export: the default v2 config with the fixture's overrides."""

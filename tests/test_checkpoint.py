@@ -9,7 +9,6 @@ import os
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
 from gsv_accel.checkpoint import (
     MANIFEST_NAME,
@@ -35,9 +34,7 @@ class Counter:
 
 
 @pytest.fixture
-def accel_parts():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+def accel_parts(fresh_accelerate_state):
     torch.manual_seed(0)
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(4, 3)
@@ -45,9 +42,7 @@ def accel_parts():
     model, optimizer = accelerator.prepare(model, optimizer)
     counter = Counter()
     accelerator.register_for_checkpointing(counter)
-    yield accelerator, model, optimizer, counter
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    return accelerator, model, optimizer, counter
 
 
 def _train_step(model, optimizer):

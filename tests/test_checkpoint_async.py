@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
 from gsv_accel.checkpoint import (
     FAULT_ENV,
@@ -52,9 +51,7 @@ class TiedNet(torch.nn.Module):
 
 
 @pytest.fixture
-def parts():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+def parts(fresh_accelerate_state):
     torch.manual_seed(0)
     accelerator = Accelerator(cpu=True)
     net, other = TiedNet(), torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
@@ -64,9 +61,7 @@ def parts():
     net, opt_a, other, opt_b = accelerator.prepare(net, opt_a, other, opt_b)
     counter = Counter()
     accelerator.register_for_checkpointing(counter)
-    yield accelerator, (net, other), (opt_a, opt_b), counter
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    return accelerator, (net, other), (opt_a, opt_b), counter
 
 
 def _train_step(models, optimizers) -> None:

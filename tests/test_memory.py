@@ -18,8 +18,9 @@ from gsv_accel.data.sampler import LengthBucketBatchSampler
 from gsv_accel.lifecycle import EXIT_CODE_OUT_OF_MEMORY
 from gsv_accel.memory import INJECT_OOM_ENV, PeakMemory, injected_oom_steps, is_out_of_memory
 
-# fresh_accelerate_state: test_session's autouse fixture, active here once imported.
-from .test_session import FakeRecipe, config, fresh_accelerate_state, train  # noqa: F401
+from .test_session import FakeRecipe, config, train
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 SETTINGS = ("train.batch_size=4", "train.epochs=4", "checkpoint.every_n_steps=1", "checkpoint.keep_last=20")
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from gsv_accel.checkpoint import CheckpointManager, verify_checkpoint
 from gsv_accel.config import CheckpointConfig, ConfigError, RunConfig, ValidationConfig, load_config
@@ -23,6 +22,10 @@ from gsv_accel.recipe import BATCH_SHARE, Recipe, RunOutcome, StepResult, Valida
 from gsv_accel.session import TrainingSession, run_recipe
 from gsv_accel.stepper import make_stepper
 from gsv_accel.tracking import TrackingConfig
+
+from .conftest import reset_accelerate_state
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @dataclass
@@ -107,22 +110,12 @@ class FakeRecipe:
         return path
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def config(tmp_path: Path, *overrides: str) -> FakeConfig:
     return load_config(FakeConfig, None, [f"run.output_dir={tmp_path / 'run'}", *overrides])
 
 
 def train(cfg: FakeConfig, resume: str | None = None, script: dict[int, float] | None = None) -> FakeRecipe:
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     recipe = FakeRecipe(cfg, resume, script)
     recipe.setup()
     recipe.exit_code = recipe.train()

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 
+from ..conftest import reset_accelerate_state
 from .conftest import DEMO_CONFIG, REPO, S1_DEMO_CONFIG, S1_RECIPE, S2_RECIPE, recipe_env
 
 
@@ -82,8 +82,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_trace(recipe, row_args, name
                                                           capsys):
     run_dir = inputs["tmp"] / "run"
     args = _arguments(row_args, inputs, run_dir, recipe)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     code = recipe_modules[recipe].main(args)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]

@@ -72,26 +72,20 @@ class DeepSpeedS2Run(S2Run):
                 "discriminator": consolidated_state_dict(latest / "discriminator")}
 
 
-def test_extra_accelerators_save_into_subfolders_listed_in_the_manifest(tmp_path: Path) -> None:
+def test_extra_accelerators_save_into_subfolders_listed_in_the_manifest(tmp_path: Path,
+                                                                        fresh_accelerate_state) -> None:
     """The hook the DeepSpeed path uses (no DeepSpeed needed): a second Accelerator's state goes into a
     subfolder of the same checkpoint, before the manifest, so it is verified like the rest."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
     from gsv_accel.checkpoint import CheckpointManager, verify_checkpoint
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    try:
-        main, other = Accelerator(cpu=True), Accelerator(cpu=True)
-        main.prepare(torch.nn.Linear(2, 2))
-        other.prepare(torch.nn.Linear(2, 1))
-        path = CheckpointManager(tmp_path).save(main, step=1, epoch=0, extra_states={"discriminator": other})
-        files = verify_checkpoint(path).manifest["files"]
-        assert "model.safetensors" in files and "discriminator/model.safetensors" in files
-    finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+    main, other = Accelerator(cpu=True), Accelerator(cpu=True)
+    main.prepare(torch.nn.Linear(2, 2))
+    other.prepare(torch.nn.Linear(2, 1))
+    path = CheckpointManager(tmp_path).save(main, step=1, epoch=0, extra_states={"discriminator": other})
+    files = verify_checkpoint(path).manifest["files"]
+    assert "model.safetensors" in files and "discriminator/model.safetensors" in files
 
 
 @pytest.mark.slow

@@ -27,7 +27,9 @@ NATIVE_MAX_BATCH = 2
 @contextmanager
 def _onednn_disabled() -> Iterator[None]:
     # Process-wide switch, so it is only held around the convolution calls below. The autograd
-    # engine runs a CPU backward on the thread that called backward(), like the forward.
+    # engine runs a CPU backward on the thread that called backward(), like the forward. Not
+    # torch.backends.mkldnn.flags(): it also sets oneDNN's other options and warns about TF32 on
+    # every entry of a CPU-only build.
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
